@@ -1,0 +1,186 @@
+"""Every developer action of the SGT monorepo.
+
+    nox -s test        each package in its own environment (only its declared dependencies),
+                       a dependency-consistency check, then the cross-package integration tests
+    nox -s lint        ruff check + ruff format --check
+    nox -s typecheck   mypy --strict over the four packages
+    nox -s build       four wheels into dist/, then a fresh venv installs sgt-train from them
+    nox -s bench       the benchmarks of every package (ratios against references, same process)
+    nox -s fuzz        the full-length fuzz tests
+    nox -s demo        the end-to-end CPU demo
+
+Torch: CI and this machine use the CPU build (``torch==2.13.0`` from the local wheel folder).
+Set ``SGT_TORCH_SPEC`` to choose another build (e.g. ``SGT_TORCH_SPEC="torch"`` on a GPU host to
+take the default CUDA wheel); set it to the empty string to keep whatever the environment resolves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PYTHON = "3.11"
+TORCH_SPEC = os.environ.get("SGT_TORCH_SPEC", "torch==2.13.0")
+
+#: distribution -> (import name, sibling distributions it depends on, needs torch)
+PACKAGES: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "sgt-data": ("sgt_data", (), True),  # torch only in its test group (DataLoader fork test)
+    "sgt-models": ("sgt_models", ("sgt-data",), True),
+    "sgt-train": ("sgt_train", ("sgt-data", "sgt-models"), True),
+    "sgt-eval": ("sgt_eval", ("sgt-data", "sgt-models"), True),
+}
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["test", "lint", "typecheck"]
+nox.options.error_on_missing_interpreters = True
+
+ENV = {
+    "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba"),
+    "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"),
+    "DS_ACCELERATOR": "cpu",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONHASHSEED": "0",
+}
+
+
+def _pkg(dist: str) -> str:
+    return str(ROOT / "packages" / dist)
+
+
+def _install_torch(session: nox.Session) -> None:
+    if TORCH_SPEC:
+        session.install(TORCH_SPEC)
+
+
+def _install_packages(
+    session: nox.Session, dists: list[str], groups: tuple[str, ...] = ("test",)
+) -> None:
+    """Install distributions (non-editable: tests run against what a wheel would ship)."""
+    requirements: list[str] = []
+    for dist in dists:
+        pyproject = nox.project.load_toml(Path(_pkg(dist)) / "pyproject.toml")
+        for group in groups:
+            requirements += nox.project.dependency_groups(pyproject, group)
+    session.install(*[_pkg(d) for d in dists], *requirements)
+
+
+def _closure(dist: str) -> list[str]:
+    return [*PACKAGES[dist][1], dist]
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", [*PACKAGES, "integration"])
+def test(session: nox.Session, package: str) -> None:
+    """Test one package in an environment holding only its declared dependencies (and test group)."""
+    session.env.update(ENV)
+    _install_torch(session)
+    if package == "integration":
+        _install_packages(session, list(PACKAGES))
+        session.run("python", "-m", "pip", "check")
+        session.run("pytest", str(ROOT / "tests" / "integration"), *session.posargs)
+        return
+    _install_packages(session, _closure(package))
+    session.run("python", "-m", "pip", "check")
+    session.env["SGT_ISOLATED_PACKAGE"] = package
+    session.run(
+        "pytest", str(Path(_pkg(package)) / "tests"), "-m", "not fuzz_full", *session.posargs
+    )
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install(*nox.project.dependency_groups(nox.project.load_toml("pyproject.toml"), "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over every package's sources."""
+    session.env.update(ENV)
+    _install_torch(session)
+    _install_packages(session, list(PACKAGES), groups=())
+    session.install(
+        *nox.project.dependency_groups(nox.project.load_toml("pyproject.toml"), "typecheck")
+    )
+    session.run("mypy", *[str(Path(_pkg(d)) / "src" / PACKAGES[d][0]) for d in PACKAGES])
+
+
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build the four wheels into dist/, then install sgt-train from them in a fresh venv."""
+    session.install(
+        *nox.project.dependency_groups(nox.project.load_toml("pyproject.toml"), "build")
+    )
+    dist_dir = ROOT / "dist"
+    shutil.rmtree(dist_dir, ignore_errors=True)
+    for dist in PACKAGES:
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(dist_dir), _pkg(dist))
+    with tempfile.TemporaryDirectory(prefix="sgt-build-check-") as tmp:
+        venv = Path(tmp) / "venv"
+        session.run(sys.executable, "-m", "venv", str(venv), external=True)
+        py = str(venv / "bin" / "python")
+        if TORCH_SPEC:
+            session.run(py, "-m", "pip", "install", "-q", TORCH_SPEC, external=True)
+        session.run(
+            py,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--find-links",
+            str(dist_dir),
+            "sgt-train",
+            external=True,
+        )
+        session.run(py, "-m", "pip", "check", external=True)
+        session.run(
+            py,
+            "-c",
+            "import importlib.metadata as m; "
+            "print({d: m.version(d) for d in ('sgt-data', 'sgt-models', 'sgt-train')})",
+            external=True,
+        )
+        session.run(str(venv / "bin" / "sgt-train"), "--help", external=True)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run every package's benchmarks (``packages/*/bench/bench_*.py``); each prints its table."""
+    session.env.update(ENV)
+    _install_torch(session)
+    _install_packages(session, list(PACKAGES))
+    scripts = sorted(ROOT.glob("packages/*/bench/bench_*.py"))
+    if session.posargs:
+        scripts = [s for s in scripts if any(k in s.name for k in session.posargs)]
+    if not scripts:
+        session.error("no benchmark scripts found")
+    for script in scripts:
+        session.run("python", str(script))
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Full-length fuzz tests (the default test run keeps them short)."""
+    session.env.update(ENV)
+    session.env["SGT_FUZZ_FULL"] = "1"
+    _install_torch(session)
+    _install_packages(session, ["sgt-data"])
+    session.run(
+        "pytest", str(Path(_pkg("sgt-data")) / "tests"), "-m", "fuzz_full", *session.posargs
+    )
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The end-to-end CPU demo (scene world -> store -> training -> evaluation -> report)."""
+    session.error("`sgt-train demo` is not implemented yet (tracked by the demo issue)")

@@ -1,0 +1,41 @@
+"""sgt-models: the adapter protocol, the flow-matching core and model adapters.
+
+Importing this package does not import torch or any model family; adapters load lazily.
+"""
+
+from importlib.metadata import version as _version
+
+from sgt_models.config import (
+    AdapterConfig,
+    BagelAdapterConfig,
+    FlowMatchingConfig,
+    FreezePolicy,
+    OmniGen2AdapterConfig,
+    ReferenceAdapterConfig,
+)
+from sgt_models.protocol import (
+    PARAMETER_GROUPS,
+    GenerationSettings,
+    LossOutput,
+    LossWeights,
+    ModelBatch,
+    UnifiedModelAdapter,
+)
+
+__version__ = _version("sgt-models")
+
+__all__ = [
+    "PARAMETER_GROUPS",
+    "AdapterConfig",
+    "BagelAdapterConfig",
+    "FlowMatchingConfig",
+    "FreezePolicy",
+    "GenerationSettings",
+    "LossOutput",
+    "LossWeights",
+    "ModelBatch",
+    "OmniGen2AdapterConfig",
+    "ReferenceAdapterConfig",
+    "UnifiedModelAdapter",
+    "__version__",
+]
