@@ -61,14 +61,14 @@ def _install_torch(session: nox.Session) -> None:
 
 
 def _install_packages(
-    session: nox.Session, dists: list[str], groups: tuple[str, ...] = ("test",)
+    session: nox.Session, dists: list[str], test_groups_of: tuple[str, ...] = ()
 ) -> None:
-    """Install distributions (non-editable: tests run against what a wheel would ship)."""
+    """Install distributions (non-editable: tests run against what a wheel would ship), plus the
+    ``test`` dependency group of the distributions named in ``test_groups_of``."""
     requirements: list[str] = []
-    for dist in dists:
+    for dist in test_groups_of:
         pyproject = nox.project.load_toml(Path(_pkg(dist)) / "pyproject.toml")
-        for group in groups:
-            requirements += nox.project.dependency_groups(pyproject, group)
+        requirements += nox.project.dependency_groups(pyproject, "test")
     session.install(*[_pkg(d) for d in dists], *requirements)
 
 
@@ -83,11 +83,11 @@ def test(session: nox.Session, package: str) -> None:
     session.env.update(ENV)
     _install_torch(session)
     if package == "integration":
-        _install_packages(session, list(PACKAGES))
+        _install_packages(session, list(PACKAGES), test_groups_of=tuple(PACKAGES))
         session.run("python", "-m", "pip", "check")
         session.run("pytest", str(ROOT / "tests" / "integration"), *session.posargs)
         return
-    _install_packages(session, _closure(package))
+    _install_packages(session, _closure(package), test_groups_of=(package,))
     session.run("python", "-m", "pip", "check")
     session.env["SGT_ISOLATED_PACKAGE"] = package
     session.run(
@@ -108,7 +108,7 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over every package's sources."""
     session.env.update(ENV)
     _install_torch(session)
-    _install_packages(session, list(PACKAGES), groups=())
+    _install_packages(session, list(PACKAGES))
     session.install(
         *nox.project.dependency_groups(nox.project.load_toml("pyproject.toml"), "typecheck")
     )
@@ -158,7 +158,7 @@ def bench(session: nox.Session) -> None:
     """Run every package's benchmarks (``packages/*/bench/bench_*.py``); each prints its table."""
     session.env.update(ENV)
     _install_torch(session)
-    _install_packages(session, list(PACKAGES))
+    _install_packages(session, list(PACKAGES), test_groups_of=tuple(PACKAGES))
     scripts = sorted(ROOT.glob("packages/*/bench/bench_*.py"))
     if session.posargs:
         scripts = [s for s in scripts if any(k in s.name for k in session.posargs)]
@@ -174,7 +174,7 @@ def fuzz(session: nox.Session) -> None:
     session.env.update(ENV)
     session.env["SGT_FUZZ_FULL"] = "1"
     _install_torch(session)
-    _install_packages(session, ["sgt-data"])
+    _install_packages(session, ["sgt-data"], test_groups_of=("sgt-data",))
     session.run(
         "pytest", str(Path(_pkg("sgt-data")) / "tests"), "-m", "fuzz_full", *session.posargs
     )
