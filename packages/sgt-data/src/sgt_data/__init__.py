@@ -6,6 +6,7 @@ lazily on first use.
 
 from importlib.metadata import version as _version
 
+from sgt_data.scenes import SceneConfig, WorldPaths, generate_scene, write_world
 from sgt_data.schema import (
     GENERATIVE_TASKS,
     MANIFEST_SCHEMA_VERSION,
@@ -29,10 +30,14 @@ __all__ = [
     "MixtureSource",
     "RendererSpec",
     "Sample",
+    "SceneConfig",
     "SkippedItem",
     "SourceSpec",
     "StoreManifest",
     "TaskKind",
     "Turn",
+    "WorldPaths",
     "__version__",
+    "generate_scene",
+    "write_world",
 ]

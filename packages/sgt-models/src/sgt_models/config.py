@@ -90,6 +90,12 @@ class ReferenceAdapterConfig(_AdapterBase):
     )
     vae_path: str | None = Field(default=None, description="local diffusers AutoencoderKL folder")
     max_text_tokens: int = Field(default=64, ge=8)
+    text_cond_dropout: float = Field(
+        default=0.1, ge=0, le=1, description="training: drop the instruction, keep the image"
+    )
+    uncond_dropout: float = Field(
+        default=0.1, ge=0, le=1, description="training: drop every condition (for CFG)"
+    )
 
     @model_validator(mode="after")
     def _check_vae(self) -> ReferenceAdapterConfig:

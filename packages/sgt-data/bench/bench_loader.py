@@ -1,0 +1,305 @@
+"""Training-loader throughput at 512 px: samples/s per worker core, against a raw read of the store.
+
+Builds a local store of 512x512 samples, then times, in this process:
+
+- ``raw read``: the same byte ranges read straight from the store's zarr arrays (image bytes,
+  label map, metadata record), with plain zarr and the store's documented index, no decoding;
+- ``raw read + JPEG decode``: the same, plus decoding the image (the least any loader must do);
+- ``SourceDataset.get``: complete `Sample`s (decode, target rendering, instruction choice), one
+  core, per task, with and without the target guard;
+- ``MixtureLoader``: a 2:1 segmentation : reconstruction mixture through the DataLoader with 0 and
+  2 forked workers (per-worker figure = total / workers);
+- ``in-memory``: the same dataset over pre-decoded arrays: the cost of this layer alone.
+
+The store is ``sgt_data.store`` (converted from the synthetic scene world) when that module is
+available; otherwise a zarr 3 array written here (one chunk per sample, zstd), and the table says
+so. Target: >= 100 samples/s per worker core. Numbers depend on the machine's load; the ratios
+against the raw read in the same process are the comparable figures.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sgt_data.datasets import MemoryRecord, MemoryStore, SourceDataset, StoreReader
+from sgt_data.mixing import MixtureLoader, build_loader
+from sgt_data.schema import MixtureConfig, MixtureSource, StoreManifest, TaskKind, Turn
+
+SIZE = 512
+NUM_SAMPLES = 64
+TARGET = 100.0
+
+
+def _best_rate(fn: Callable[[], int], repeats: int = 2) -> float:
+    """Samples per second of the fastest of ``repeats`` runs of ``fn`` (returns samples done)."""
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = fn()
+        best = max(best, done / (time.perf_counter() - start))
+    return best
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+def _project_store(root: Path) -> tuple[StoreReader, Callable[[int], int], Callable[[int], Any]]:
+    """A store written by sgt_data's converter; raw readers over its zarr arrays."""
+    import zarr
+    from PIL import Image
+
+    from sgt_data.convert._base import ConvertOptions, run_conversion
+    from sgt_data.convert.coco import CocoInstancesConverter
+    from sgt_data.scenes import SceneConfig, write_world
+    from sgt_data.store import SampleStore
+
+    config = SceneConfig(height=SIZE, width=SIZE, image_format="jpeg", max_objects=8)
+    world = write_world(root / "world", num_train=NUM_SAMPLES, num_eval=0, config=config)
+    converter = CocoInstancesConverter(
+        world.train.instances, world.train.images, ConvertOptions(name="bench", edge=True)
+    )
+    run_conversion(converter, root / "store")
+    store = SampleStore.open(root / "store")
+
+    layout = json.loads((root / "store" / "zarr.json").read_text())["attributes"]["sgt"]
+    columns = {name: i for i, name in enumerate(layout["index_columns"])}
+    index = np.asarray(zarr.open_array(str(root / "store" / "index"), mode="r")[:])
+    paths = ["image", "labels/segments", "meta"]
+    arrays = {p: zarr.open_array(str(root / "store" / p), mode="r") for p in paths}
+
+    def raw(i: int) -> int:
+        nbytes = 0
+        for p in paths:
+            off, n = index[i, columns[f"{p}.offset"]], index[i, columns[f"{p}.length"]]
+            nbytes += np.asarray(arrays[p][off : off + n]).nbytes
+        return nbytes
+
+    def raw_decoded(i: int) -> Any:
+        raw(i)
+        off = index[i, columns["image.offset"]]
+        n = index[i, columns["image.length"]]
+        data = np.asarray(arrays["image"][off : off + n]).tobytes()
+        import io
+
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+
+    return store, raw, raw_decoded
+
+
+class _ZarrArrays:
+    """Fallback store: images and instance targets as (N, 512, 512, 3) zarr 3 arrays."""
+
+    def __init__(self, root: Path) -> None:
+        import zarr
+
+        self.root = root
+        self.images = zarr.open_array(str(root / "images"), mode="r")
+        self.targets = zarr.open_array(str(root / "targets"), mode="r")
+
+    @property
+    def name(self) -> str:
+        return "bench-zarr"
+
+    @property
+    def manifest(self) -> StoreManifest:
+        return StoreManifest(
+            created_by="bench_loader",
+            name=self.name,
+            sources=(),
+            num_samples=len(self),
+            task_counts={TaskKind.SEGMENTATION: len(self)},
+            renderers=(),
+            palette_seed=0,
+        )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def sample_id(self, index: int) -> str:
+        return f"bench:{index}"
+
+    def tasks(self, index: int) -> frozenset[tuple[TaskKind, str | None]]:
+        return frozenset({(TaskKind.SEGMENTATION, "instance"), (TaskKind.RECONSTRUCTION, None)})
+
+    def indices_with(self, task: TaskKind, variant: str | None = None) -> NDArray[np.int64]:
+        ok = (task, variant) in self.tasks(0)
+        return np.arange(len(self) if ok else 0, dtype=np.int64)
+
+    def read_image(self, index: int) -> NDArray[np.uint8]:
+        return np.asarray(self.images[index])
+
+    def read_target(
+        self, index: int, task: TaskKind, variant: str | None = None
+    ) -> NDArray[np.uint8]:
+        return np.asarray(self.targets[index])
+
+    def read_conversation(self, index: int) -> tuple[Turn, ...]:
+        return ()
+
+    def read_metadata(self, index: int) -> dict[str, str | int | float | bool]:
+        return {}
+
+
+def _fallback_store(root: Path) -> tuple[StoreReader, Callable[[int], int], Callable[[int], Any]]:
+    import zarr
+
+    rng = np.random.default_rng(0)
+    shape = (NUM_SAMPLES, SIZE, SIZE, 3)
+    images = zarr.create_array(
+        str(root / "images"), shape=shape, chunks=(1, SIZE, SIZE, 3), dtype="uint8"
+    )
+    targets = zarr.create_array(
+        str(root / "targets"), shape=shape, chunks=(1, SIZE, SIZE, 3), dtype="uint8"
+    )
+    ramp = np.linspace(0, 255, SIZE, dtype=np.float32)[None, :, None]
+    palette = rng.integers(0, 256, (17, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    for i in range(NUM_SAMPLES):
+        noise = rng.normal(0, 20, (SIZE, SIZE, 3)).astype(np.float32)
+        images[i] = np.clip(ramp + noise, 0, 255).astype(np.uint8)
+        labels = ((yy // 64 + xx // 64 + i) % 17).astype(np.int64)
+        targets[i] = palette[labels]
+    reader = _ZarrArrays(root)
+
+    def raw(i: int) -> int:
+        return int(np.asarray(images[i]).nbytes + np.asarray(targets[i]).nbytes)
+
+    def raw_decoded(i: int) -> Any:
+        return raw(i)
+
+    return reader, raw, raw_decoded
+
+
+# -- the measurements -------------------------------------------------------------------------
+
+
+def _dataset_rate(
+    reader: StoreReader, task: TaskKind, variant: str | None, guard: bool
+) -> tuple[float, int]:
+    source = MixtureSource(name="bench", store="local", task=task, task_variant=variant)
+    ds = SourceDataset(source, reader, guard=guard)
+    ds.get(0, 0)  # warm: renderer set-up, zarr open
+
+    def run() -> int:
+        for i in range(len(ds)):
+            ds.get(i, 0)
+        return len(ds)
+
+    return _best_rate(run), len(ds)
+
+
+def _loader_rate(loader: MixtureLoader, epochs: int = 2) -> float:
+    next(iter(loader))  # start workers, warm caches
+
+    def run() -> int:
+        done = 0
+        for _ in range(epochs):
+            done += sum(len(batch) for batch in loader)
+        return done
+
+    return _best_rate(run, repeats=1)
+
+
+def main() -> None:
+    rows: list[tuple[str, float, int]] = []
+    with tempfile.TemporaryDirectory(prefix="sgt-bench-loader-") as tmp:
+        root = Path(tmp)
+        try:
+            import sgt_data.store  # noqa: F401
+
+            kind = "sgt_data.store (scene world converted by sgt_data.convert)"
+            reader, raw, raw_decoded = _project_store(root)
+        except ImportError:
+            kind = "bench-written zarr 3 arrays (sgt_data.store not available)"
+            reader, raw, raw_decoded = _fallback_store(root)
+        n = len(reader)
+        raw(0)
+
+        def raw_all() -> int:
+            for i in range(n):
+                raw(i)
+            return n
+
+        def raw_decoded_all() -> int:
+            for i in range(n):
+                raw_decoded(i)
+            return n
+
+        raw_rate = _best_rate(raw_all)
+        rows.append(("raw read (image bytes + label map + meta)", raw_rate, 1))
+        rows.append(("raw read + JPEG decode", _best_rate(raw_decoded_all), 1))
+        for task, variant in [
+            (TaskKind.SEGMENTATION, "instance"),
+            (TaskKind.SEGMENTATION, "semantic"),
+            (TaskKind.EDGE, None),
+            (TaskKind.RECONSTRUCTION, None),
+        ]:
+            if (task, variant) not in reader.tasks(0):
+                continue
+            label = f"{task.value}/{variant}" if variant else task.value
+            for guard in (False, True):
+                rate, _ = _dataset_rate(reader, task, variant, guard)
+                rows.append((f"SourceDataset.get {label}{' + guard' if guard else ''}", rate, 1))
+
+        mixture = MixtureConfig(
+            sources=(
+                MixtureSource(
+                    name="seg", store="local", task=TaskKind.SEGMENTATION, task_variant="instance", ratio=2
+                ),
+                MixtureSource(name="recon", store="local", task=TaskKind.RECONSTRUCTION, ratio=1),
+            ),
+            mode="interleave",
+        )
+        for workers in (0, 2):
+            extra: dict[str, Any] = (
+                {"multiprocessing_context": "fork", "persistent_workers": True} if workers else {}
+            )
+            loader = build_loader(
+                mixture,
+                lambda _path: reader,
+                micro_batch_size=4,
+                num_workers=workers,
+                **extra,
+            )
+            rows.append(
+                (f"MixtureLoader seg:recon 2:1, {workers} workers", _loader_rate(loader), workers)
+            )
+
+        # The layer alone: the same samples, pre-decoded into memory.
+        seg = (TaskKind.SEGMENTATION, "instance")
+        memory = MemoryStore(
+            "memory",
+            [
+                MemoryRecord(
+                    reader.sample_id(i), reader.read_image(i), {seg: reader.read_target(i, *seg)}
+                )
+                for i in range(n)
+            ],
+        )
+        rate, _ = _dataset_rate(memory, *seg, guard=False)
+        rows.append(("in-memory SourceDataset.get (layer overhead)", rate, 1))
+        rate, _ = _dataset_rate(memory, *seg, guard=True)
+        rows.append(("in-memory SourceDataset.get + guard", rate, 1))
+
+    print(f"\nbench_loader: {n} samples at {SIZE}x{SIZE}, store: {kind}")
+    print(f"target: >= {TARGET:.0f} samples/s per worker core\n")
+    header = f"{'path':<52} {'samples/s':>10} {'per worker':>11} {'vs raw':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, rate, workers in rows:
+        per_worker = rate / max(workers, 1)
+        print(f"{name:<52} {rate:>10.1f} {per_worker:>11.1f} {rate / raw_rate:>7.2f}")
+    print()
+
+
+if __name__ == "__main__":
+    main()

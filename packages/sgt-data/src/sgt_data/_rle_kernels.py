@@ -1,0 +1,633 @@
+"""Numba kernels behind :mod:`sgt_data.rle`. Imported lazily: importing this module compiles nothing.
+
+Conventions: run-length counts are ``int64`` arrays, several RLEs concatenated with ``int64``
+offsets (``counts[offs[i]:offs[i + 1]]`` belongs to RLE ``i``); counts alternate 0-run / 1-run in
+column-major (Fortran) pixel order and the first count may be 0. Compressed strings are packed
+the same way into one ``uint8`` buffer. Kernels return a status code (``OK`` or one of the
+``ERR_*`` values) and write details into a small ``info`` array; the Python layer turns them into
+:class:`sgt_data.errors.RLEError` messages. Every kernel compiles on first call with ``cache=True``
+(the cache lives in ``NUMBA_CACHE_DIR`` when set, else in ``__pycache__``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+OK = 0
+ERR_CHAR = 1  # info: [item, byte offset, byte value]
+ERR_TRUNCATED = 2  # info: [item, byte offset, -]
+ERR_TOO_LONG = 3  # info: [item, byte offset, -]  (a count longer than 7 groups)
+ERR_NEGATIVE = 4  # info: [item, count index, value]
+ERR_SUM = 5  # info: [item, sum of counts, expected]
+ERR_SIZE = 6  # info: [item, -, -]  (sizes differ where they must agree)
+
+#: longest group sequence for one value: 7 x 5 bits covers every delta of counts < 2**32
+_MAX_GROUPS = 7
+#: minimum number of bytes of output before the parallel kernels are worth their start-up
+PARALLEL_MIN_BYTES = 64 * 2**20
+
+_jit = nb.njit(cache=True, nogil=True)
+_pjit = nb.njit(cache=True, nogil=True, parallel=True)
+
+
+# --------------------------------------------------------------------------------------------
+# compressed strings <-> counts
+# --------------------------------------------------------------------------------------------
+
+
+@_jit
+def _read_value(buf, p, end):  # type: ignore[no-untyped-def]
+    """One signed value of the 6-bit scheme starting at ``p``: (value, next p, status)."""
+    x = np.int64(0)
+    k = 0
+    while True:
+        if p >= end:
+            return x, p, ERR_TRUNCATED
+        c = np.int64(buf[p]) - 48
+        if c < 0 or c > 63:
+            return x, p, ERR_CHAR
+        x |= (c & 0x1F) << (5 * k)
+        p += 1
+        k += 1
+        if (c & 0x20) == 0:
+            if c & 0x10:
+                x |= np.int64(-1) << (5 * k)
+            return x, p, OK
+        if k >= _MAX_GROUPS:
+            return x, p, ERR_TOO_LONG
+
+
+@_jit
+def parse_strings(buf, soffs, areas, counts, coffs, info):  # type: ignore[no-untyped-def]
+    """Packed strings -> packed counts; checks characters, signs and ``sum == h*w``."""
+    n = soffs.shape[0] - 1
+    m = 0
+    coffs[0] = 0
+    for i in range(n):
+        p = soffs[i]
+        end = soffs[i + 1]
+        first = m
+        total = np.int64(0)
+        while p < end:
+            start = p
+            x, p, st = _read_value(buf, p, end)
+            if st != OK:
+                info[0] = i
+                info[1] = p - soffs[i] if st != ERR_TOO_LONG else start - soffs[i]
+                info[2] = buf[p] if st == ERR_CHAR else 0
+                return st
+            j = m - first
+            if j > 2:
+                x += counts[m - 2]
+            if x < 0:
+                info[0] = i
+                info[1] = j
+                info[2] = x
+                return ERR_NEGATIVE
+            counts[m] = x
+            total += x
+            m += 1
+            if total > areas[i]:
+                # keep parsing (without storing) only to report the full sum
+                while p < end:
+                    x, p, st = _read_value(buf, p, end)
+                    if st != OK:
+                        break
+                    j += 1
+                    if j > 2:
+                        x += counts[m - 2]
+                    counts[m] = x
+                    m += 1
+                    total += x
+                info[0] = i
+                info[1] = total
+                info[2] = areas[i]
+                return ERR_SUM
+        if total != areas[i]:
+            info[0] = i
+            info[1] = total
+            info[2] = areas[i]
+            return ERR_SUM
+        coffs[i + 1] = m
+    return OK
+
+
+@_jit
+def _emit(x, out, p):  # type: ignore[no-untyped-def]
+    more = True
+    while more:
+        c = x & 0x1F
+        x >>= 5
+        more = (x != -1) if (c & 0x10) else (x != 0)
+        if more:
+            c |= 0x20
+        out[p] = c + 48
+        p += 1
+    return p
+
+
+@_jit
+def counts_to_strings(counts, coffs, out, soffs):  # type: ignore[no-untyped-def]
+    """Packed counts -> packed compressed strings (``out`` holds >= 7 bytes per count)."""
+    n = coffs.shape[0] - 1
+    p = 0
+    soffs[0] = 0
+    for i in range(n):
+        a = coffs[i]
+        for j in range(coffs[i + 1] - a):
+            x = counts[a + j]
+            if j > 2:
+                x -= counts[a + j - 2]
+            p = _emit(x, out, p)
+        soffs[i + 1] = p
+    return p
+
+
+@_jit
+def encode_masks(flat, n, hw):  # type: ignore[no-untyped-def]
+    """``n`` column-major masks of ``hw`` bytes each -> (packed strings, offsets).
+
+    Any nonzero byte is foreground.
+    """
+    soffs = np.empty(n + 1, np.int64)
+    soffs[0] = 0
+    cap = 64 + n * 16
+    out = np.empty(cap, np.uint8)
+    p = 0
+    for i in range(n):
+        base = i * hw
+        prev2 = np.int64(0)
+        prev1 = np.int64(0)
+        j = 0
+        pos = 0
+        v = 0
+        while True:
+            start = pos
+            if v == 0:
+                while pos < hw and flat[base + pos] == 0:
+                    pos += 1
+            else:
+                while pos < hw and flat[base + pos] != 0:
+                    pos += 1
+            c = np.int64(pos - start)
+            x = c - prev2 if j > 2 else c
+            if p + 8 > cap:
+                cap = cap * 2
+                grown = np.empty(cap, np.uint8)
+                grown[:p] = out[:p]
+                out = grown
+            p = _emit(x, out, p)
+            prev2 = prev1
+            prev1 = c
+            j += 1
+            v = 1 - v
+            if pos >= hw:
+                break
+        soffs[i + 1] = p
+    return out[:p], soffs
+
+
+# --------------------------------------------------------------------------------------------
+# decoding into masks
+# --------------------------------------------------------------------------------------------
+
+
+@_jit
+def decode_string_colmajor(buf, out, info):  # type: ignore[no-untyped-def]
+    """One compressed string straight into a column-major mask (parse and fill fused)."""
+    hw = out.shape[0]
+    end = buf.shape[0]
+    p = 0
+    pos = np.int64(0)
+    j = 0
+    prev2 = np.int64(0)
+    prev1 = np.int64(0)
+    while p < end:
+        start = p
+        x, p, st = _read_value(buf, p, end)
+        if st != OK:
+            info[0] = 0
+            info[1] = p if st != ERR_TOO_LONG else start
+            info[2] = buf[p] if st == ERR_CHAR else 0
+            return st
+        if j > 2:
+            x += prev2
+        if x < 0:
+            info[0] = 0
+            info[1] = j
+            info[2] = x
+            return ERR_NEGATIVE
+        e = pos + x
+        if e > hw:
+            info[0] = 0
+            info[1] = e
+            info[2] = hw
+            return ERR_SUM
+        out[pos:e] = j & 1
+        pos = e
+        prev2 = prev1
+        prev1 = x
+        j += 1
+    if pos != hw:
+        info[0] = 0
+        info[1] = pos
+        info[2] = hw
+        return ERR_SUM
+    return OK
+
+
+@_jit
+def _fill_one(counts, a, b, dst, base):  # type: ignore[no-untyped-def]
+    pos = base
+    for j in range(b - a):
+        e = pos + counts[a + j]
+        dst[pos:e] = j & 1
+        pos = e
+
+
+@_jit
+def fill_colmajor(counts, coffs, hw, out):  # type: ignore[no-untyped-def]
+    """Packed (validated) counts -> ``n`` consecutive column-major masks of ``hw`` bytes."""
+    n = coffs.shape[0] - 1
+    for i in range(n):
+        _fill_one(counts, coffs[i], coffs[i + 1], out, i * hw)
+
+
+@_pjit
+def fill_colmajor_parallel(counts, coffs, hw, out):  # type: ignore[no-untyped-def]
+    """Parallel variant of :func:`fill_colmajor` (one mask per task)."""
+    n = coffs.shape[0] - 1
+    for i in nb.prange(n):
+        _fill_one(counts, coffs[i], coffs[i + 1], out, i * hw)
+
+
+@_jit
+def _rows_one(counts, a, b, h, w, o):  # type: ignore[no-untyped-def]
+    """One mask, row-major, into ``o`` (flat h*w): column-start values and toggles, then XOR."""
+    o[:] = 0
+    pos = np.int64(0)
+    last = -1
+    for j in range(b - a):
+        c = counts[a + j]
+        if c > 0:
+            v = j & 1
+            if v != last and last >= 0 and pos % h != 0:
+                o[(pos % h) * w + pos // h] ^= 1
+            if v:
+                # columns whose first pixel falls inside this run start with value 1
+                o[(pos + h - 1) // h : (pos + c + h - 1) // h] = 1
+            last = v
+            pos += c
+    for y in range(1, h):
+        r = y * w
+        q = r - w
+        for x in range(w):
+            o[r + x] ^= o[q + x]
+
+
+@_jit
+def fill_rowmajor(counts, coffs, h, w, out):  # type: ignore[no-untyped-def]
+    """Packed (validated) counts -> ``n`` consecutive row-major (C-order) masks."""
+    n = coffs.shape[0] - 1
+    hw = h * w
+    for i in range(n):
+        _rows_one(counts, coffs[i], coffs[i + 1], h, w, out[i * hw : (i + 1) * hw])
+
+
+@_pjit
+def fill_rowmajor_parallel(counts, coffs, h, w, out):  # type: ignore[no-untyped-def]
+    """Parallel variant of :func:`fill_rowmajor` (one mask per task)."""
+    n = coffs.shape[0] - 1
+    hw = h * w
+    for i in nb.prange(n):
+        _rows_one(counts, coffs[i], coffs[i + 1], h, w, out[i * hw : (i + 1) * hw])
+
+
+# --------------------------------------------------------------------------------------------
+# label maps
+# --------------------------------------------------------------------------------------------
+
+
+@_jit
+def paint_labels(counts, coffs, order, labels, h, w, band, out):  # type: ignore[no-untyped-def]
+    """Paint masks ``order[0], order[1], ...`` (later wins) as ``labels[i]`` into ``out``.
+
+    ``out`` is the flat ``h * w`` row-major label map.
+
+    Works band by band (``band`` columns): paint the band column-major into a cache-sized
+    scratch, then write it transposed into the rows of ``out``. Every pixel of ``out`` is written.
+    """
+    n = order.shape[0]
+    run = np.empty(n, np.int64)
+    pos = np.zeros(n, np.int64)
+    for t in range(n):
+        run[t] = coffs[order[t]]
+    scratch = np.empty(band * h, out.dtype)
+    tile = 16
+    for x0 in range(0, w, band):
+        x1 = min(x0 + band, w)
+        bw = x1 - x0
+        bs = x0 * h
+        be = x1 * h
+        scratch[: bw * h] = 0
+        for t in range(n):
+            i = order[t]
+            lab = labels[i]
+            first = coffs[i]
+            rend = coffs[i + 1]
+            r = run[t]
+            p = pos[t]
+            while r < rend:
+                e = p + counts[r]
+                if (r - first) & 1:
+                    s0 = p if p > bs else bs
+                    e0 = e if e < be else be
+                    if e0 > s0:
+                        scratch[s0 - bs : e0 - bs] = lab
+                if e > be:
+                    break
+                p = e
+                r += 1
+            run[t] = r
+            pos[t] = p
+        # unsigned indices: no negative-index wraparound, so LLVM keeps the copy loop tight
+        for y0 in range(0, h, tile):
+            y1 = min(y0 + tile, h)
+            for b in range(bw):
+                src = b * h
+                dst = x0 + b
+                for y in range(y0, y1):
+                    out[np.uint64(y * w + dst)] = scratch[np.uint64(src + y)]
+
+
+# --------------------------------------------------------------------------------------------
+# measures on counts
+# --------------------------------------------------------------------------------------------
+
+
+@_jit
+def areas(counts, coffs, out):  # type: ignore[no-untyped-def]
+    """Foreground pixel count of each RLE."""
+    n = coffs.shape[0] - 1
+    for i in range(n):
+        s = np.int64(0)
+        for r in range(coffs[i] + 1, coffs[i + 1], 2):
+            s += counts[r]
+        out[i] = s
+
+
+@_jit
+def bboxes(counts, coffs, hs, out):  # type: ignore[no-untyped-def]
+    """``[x, y, w, h]`` of each RLE's foreground (zeros when empty)."""
+    n = coffs.shape[0] - 1
+    for i in range(n):
+        h = hs[i]
+        xs = np.int64(-1)
+        xe = np.int64(0)
+        ys = np.int64(0)
+        ye = np.int64(0)
+        pos = np.int64(0)
+        a = coffs[i]
+        for j in range(coffs[i + 1] - a):
+            c = counts[a + j]
+            if j & 1 and c > 0:
+                y0 = pos % h
+                x0 = pos // h
+                y1 = (pos + c - 1) % h
+                x1 = (pos + c - 1) // h
+                if xs < 0:
+                    xs = x0
+                    ys = y0
+                    ye = y1
+                if x0 < x1:
+                    ys = 0
+                    ye = h - 1
+                else:
+                    ys = min(ys, y0)
+                    ye = max(ye, y1)
+                xe = max(xe, x1)
+            pos += c
+        if xs < 0:
+            out[i, 0] = 0.0
+            out[i, 1] = 0.0
+            out[i, 2] = 0.0
+            out[i, 3] = 0.0
+        else:
+            out[i, 0] = xs
+            out[i, 1] = ys
+            out[i, 2] = xe - xs + 1
+            out[i, 3] = ye - ys + 1
+
+
+@_jit
+def _merge2(a, b, intersect):  # type: ignore[no-untyped-def]
+    """Canonical counts of the union (or intersection) of two count arrays of equal total."""
+    out = np.empty(a.shape[0] + b.shape[0] + 1, np.int64)
+    m = 0
+    ia = 0
+    ib = 0
+    ra = a[0] if a.shape[0] > 0 else 0
+    rb = b[0] if b.shape[0] > 0 else 0
+    cur = 0
+    run = np.int64(0)
+    while True:
+        while ra == 0 and ia + 1 < a.shape[0]:
+            ia += 1
+            ra = a[ia]
+        while rb == 0 and ib + 1 < b.shape[0]:
+            ib += 1
+            rb = b[ib]
+        if ra == 0 or rb == 0:
+            break
+        va = ia & 1
+        vb = ib & 1
+        v = (va & vb) if intersect else (va | vb)
+        c = ra if ra < rb else rb
+        if v != cur:
+            out[m] = run
+            m += 1
+            run = 0
+            cur = v
+        run += c
+        ra -= c
+        rb -= c
+    out[m] = run
+    m += 1
+    return out[:m]
+
+
+@_jit
+def merge(counts, coffs, intersect):  # type: ignore[no-untyped-def]
+    """Union (or intersection) of all packed RLEs, as canonical counts."""
+    n = coffs.shape[0] - 1
+    acc = counts[coffs[0] : coffs[1]].copy()
+    for i in range(1, n):
+        acc = _merge2(acc, counts[coffs[i] : coffs[i + 1]], intersect)
+    return acc
+
+
+@_jit
+def _inter_union(a, b):  # type: ignore[no-untyped-def]
+    ia = 0
+    ib = 0
+    ra = a[0] if a.shape[0] > 0 else 0
+    rb = b[0] if b.shape[0] > 0 else 0
+    inter = np.int64(0)
+    union = np.int64(0)
+    while True:
+        while ra == 0 and ia + 1 < a.shape[0]:
+            ia += 1
+            ra = a[ia]
+        while rb == 0 and ib + 1 < b.shape[0]:
+            ib += 1
+            rb = b[ib]
+        if ra == 0 or rb == 0:
+            break
+        c = ra if ra < rb else rb
+        va = ia & 1
+        vb = ib & 1
+        if va | vb:
+            union += c
+            if va & vb:
+                inter += c
+        ra -= c
+        rb -= c
+    return inter, union
+
+
+@_jit
+def iou_rle(dc, doffs, gc, goffs, iscrowd, out):  # type: ignore[no-untyped-def]
+    """IoU of every (dt, gt) pair; a crowd gt divides by the dt area instead of the union."""
+    m = doffs.shape[0] - 1
+    n = goffs.shape[0] - 1
+    for d in range(m):
+        a = dc[doffs[d] : doffs[d + 1]]
+        area_d = np.int64(0)
+        for r in range(1, a.shape[0], 2):
+            area_d += a[r]
+        for g in range(n):
+            inter, union = _inter_union(a, gc[goffs[g] : goffs[g + 1]])
+            if inter == 0:
+                out[d, g] = 0.0
+            elif iscrowd[g]:
+                out[d, g] = inter / area_d
+            else:
+                out[d, g] = inter / union
+
+
+# --------------------------------------------------------------------------------------------
+# polygons
+# --------------------------------------------------------------------------------------------
+
+
+@_jit
+def _poly_points(xy):  # type: ignore[no-untyped-def]
+    k = xy.shape[0] // 2
+    x = np.empty(k + 1, np.int64)
+    y = np.empty(k + 1, np.int64)
+    for j in range(k):
+        x[j] = np.int64(5.0 * xy[2 * j] + 0.5)
+        y[j] = np.int64(5.0 * xy[2 * j + 1] + 0.5)
+    x[k] = x[0]
+    y[k] = y[0]
+    return x, y
+
+
+@_jit
+def poly_steps(xy):  # type: ignore[no-untyped-def]
+    """Number of upsampled boundary points of a polygon (its rasterisation cost)."""
+    x, y = _poly_points(xy)
+    m = np.int64(0)
+    for j in range(x.shape[0] - 1):
+        m += max(abs(x[j] - x[j + 1]), abs(y[j] - y[j + 1])) + 1
+    return m
+
+
+@_jit
+def _poly_walk(x, y, h, w, dst, store):  # type: ignore[no-untyped-def]
+    """Walk the upsampled boundary; record each y-boundary point (as x*h + y) that falls inside."""
+    k = x.shape[0] - 1
+    m = 0
+    have_prev = False
+    pu = np.int64(0)
+    pv = np.int64(0)
+    for j in range(k):
+        xs = x[j]
+        xe = x[j + 1]
+        ys = y[j]
+        ye = y[j + 1]
+        dx = abs(xe - xs)
+        dy = abs(ys - ye)
+        flip = (dx >= dy and xs > xe) or (dx < dy and ys > ye)
+        if flip:
+            xs, xe = xe, xs
+            ys, ye = ye, ys
+        if dx >= dy:
+            s = (ye - ys) / dx if dx > 0 else 0.0
+            steps = dx
+        else:
+            s = (xe - xs) / dy
+            steps = dy
+        for d in range(steps + 1):
+            t = steps - d if flip else d
+            if dx >= dy:
+                u = t + xs
+                v = np.int64(ys + s * t + 0.5) if dx > 0 else ys
+            else:
+                v = t + ys
+                u = np.int64(xs + s * t + 0.5)
+            if have_prev and u != pu:
+                xd = np.float64(u if u < pu else u - 1)
+                xd = (xd + 0.5) / 5.0 - 0.5
+                if math.floor(xd) == xd and xd >= 0 and xd <= w - 1:
+                    yd = np.float64(v if v < pv else pv)
+                    yd = (yd + 0.5) / 5.0 - 0.5
+                    if yd < 0:
+                        yd = 0.0
+                    elif yd > h:
+                        yd = np.float64(h)
+                    yd = math.ceil(yd)
+                    if store:
+                        dst[m] = np.int64(xd) * h + np.int64(yd)
+                    m += 1
+            pu = u
+            pv = v
+            have_prev = True
+    return m
+
+
+@_jit
+def poly_counts(xy, h, w):  # type: ignore[no-untyped-def]
+    """Counts of a polygon ``[x0, y0, x1, y1, ...]`` rasterised exactly like pycocotools."""
+    x, y = _poly_points(xy)
+    dummy = np.empty(0, np.int64)
+    k = _poly_walk(x, y, h, w, dummy, False)
+    a = np.empty(k + 1, np.int64)
+    _poly_walk(x, y, h, w, a, True)
+    a[k] = h * w
+    a.sort()
+    p = np.int64(0)
+    for j in range(k + 1):
+        t = a[j]
+        a[j] = t - p
+        p = t
+    b = np.empty(k + 1, np.int64)
+    m = 0
+    j = 0
+    b[m] = a[j]
+    m += 1
+    j += 1
+    while j < k + 1:
+        if a[j] > 0:
+            b[m] = a[j]
+            m += 1
+            j += 1
+        else:
+            j += 1
+            if j < k + 1:
+                b[m - 1] += a[j]
+                j += 1
+    return b[:m]

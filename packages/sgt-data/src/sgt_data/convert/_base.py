@@ -1,0 +1,422 @@
+"""The conversion pipeline shared by every input format: list items, process them (in worker
+processes), write them batch by batch into a store, resume after an interruption, merge shards."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sgt_data.errors import ConversionError, SgtDataError, StoreError
+from sgt_data.render import (
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_NUM_CLASSES,
+    DepthRenderer,
+    EdgeRenderer,
+    depth_from_model,
+)
+from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, StoreManifest, TaskKind
+from sgt_data.store import (
+    LAYOUT_VERSION,
+    MANIFEST_FILE,
+    FieldSpec,
+    SampleRecord,
+    SampleStore,
+    StoreWriter,
+    label_field,
+)
+
+__all__ = [
+    "ConvertOptions",
+    "Converter",
+    "WorkItem",
+    "merge_stores",
+    "run_conversion",
+]
+
+_log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+SourceFormat = Literal["coco", "coco-panoptic", "coco-stuff", "sa1b", "vqa"]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One input item (an image with its annotations, or a VQA record): its id, the file to name
+    in errors, and converter-specific data."""
+
+    item_id: str
+    file: str
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Options shared by the converters (every one is part of the resume fingerprint)."""
+
+    name: str
+    seed: int = 0
+    num_classes: int = DEFAULT_NUM_CLASSES
+    max_instances: int = DEFAULT_MAX_INSTANCES
+    edge: bool = False
+    edge_low: int = 100
+    edge_high: int = 200
+    depth_dir: str | None = None
+    depth_model: str | None = None
+    depth_range: tuple[float, float] = (0.0, 10.0)
+    reconstruction: bool = True
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "num_classes": self.num_classes,
+            "max_instances": self.max_instances,
+            "edge": [self.edge, self.edge_low, self.edge_high],
+            "depth": [_abs(self.depth_dir), _abs(self.depth_model), list(self.depth_range)],
+            "reconstruction": self.reconstruction,
+        }
+
+
+def _abs(p: str | None) -> str | None:
+    return str(Path(p).resolve()) if p else None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Converter(abc.ABC):
+    """One input format: lists its items and turns one item into a :class:`SampleRecord`."""
+
+    format: ClassVar[SourceFormat]
+
+    def __init__(self, opts: ConvertOptions) -> None:
+        self.opts = opts
+        self._edge = EdgeRenderer(opts.edge_low, opts.edge_high) if opts.edge else None
+        self._depth = (
+            DepthRenderer(*opts.depth_range, per_image=opts.depth_model is not None)
+            if opts.depth_dir or opts.depth_model
+            else None
+        )
+
+    @abc.abstractmethod
+    def list_items(self) -> tuple[list[WorkItem], list[SkippedItem]]:
+        """All items in a fixed order, and the problems found while listing (e.g. duplicate ids)."""
+
+    @abc.abstractmethod
+    def process(self, item: WorkItem) -> SampleRecord:
+        """Convert one item; raises :class:`ConversionError` naming the file and id on bad input."""
+
+    @abc.abstractmethod
+    def source(self, num_items: int) -> SourceSpec:
+        """The source record for the manifest."""
+
+    def label_fields(self) -> list[FieldSpec]:
+        """The label-map arrays this format writes (besides image and meta)."""
+        return []
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this conversion's output (inputs and options)."""
+        return {"format": self.format, **self.opts.fingerprint()}
+
+    def fields(self) -> list[FieldSpec]:
+        out = self.label_fields()
+        if self._edge is not None:
+            out.append(label_field("labels/edge", "uint8"))
+        if self._depth is not None:
+            out.append(label_field("labels/depth", "uint16"))
+        return out
+
+    def segmentation_renderers(self) -> list[RendererSpec]:
+        """Renderers of the segmentation variants this format produces."""
+        return []
+
+    def renderers(self) -> list[RendererSpec]:
+        specs = self.segmentation_renderers()
+        if self._edge is not None:
+            specs.append(self._edge.spec())
+        if self._depth is not None:
+            specs.append(self._depth.spec())
+        if self.opts.reconstruction and self.format != "vqa":
+            from sgt_data.render import ReconstructionRenderer
+
+            specs.append(ReconstructionRenderer().spec())
+        return specs
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    def load_image(
+        self, path: Path, item: WorkItem, *, expect: tuple[int, int] | None = None, need_rgb: bool = False
+    ) -> tuple[bytes, tuple[int, int], NDArray[np.uint8] | None]:
+        """Read and decode an image file: (bytes to store, (height, width), RGB array if needed).
+
+        JPEG and PNG files are stored verbatim; other formats are re-encoded as PNG."""
+        from PIL import Image, UnidentifiedImageError
+
+        need_rgb = need_rgb or self._edge is not None or self.opts.depth_model is not None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConversionError(str(path), item.item_id, f"image file cannot be read: {exc.strerror or exc}") from exc
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                fmt = im.format
+                rgb = np.asarray(im.convert("RGB")) if (need_rgb or fmt not in ("JPEG", "PNG")) else None
+                hw = (im.height, im.width)
+        except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise ConversionError(str(path), item.item_id, f"corrupt or unreadable image: {exc}") from exc
+        if expect is not None and tuple(expect) != hw:
+            raise ConversionError(
+                str(path), item.item_id, f"image is {hw[0]}x{hw[1]} but the annotations say {expect[0]}x{expect[1]}"
+            )
+        if fmt not in ("JPEG", "PNG"):
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+            data = buf.getvalue()
+        return data, hw, rgb
+
+    def extra_targets(
+        self, item: WorkItem, image_path: Path, hw: tuple[int, int], rgb: NDArray[np.uint8] | None, record: SampleRecord
+    ) -> None:
+        """Add the edge / depth / reconstruction targets the options ask for."""
+        tasks = set(record.tasks)
+        if self.opts.reconstruction:
+            tasks.add((TaskKind.RECONSTRUCTION, None))
+        if self._edge is not None:
+            assert rgb is not None
+            record.arrays["labels/edge"] = self._edge.compute(rgb)
+            tasks.add((TaskKind.EDGE, None))
+        if self._depth is not None:
+            depth = self._load_depth(item, image_path, hw, rgb)
+            d_range = self._depth.range_for(depth)
+            record.arrays["labels/depth"] = self._depth.quantise(depth, d_range)
+            record.meta["depth_range"] = list(d_range)
+            tasks.add((TaskKind.DEPTH, None))
+        record.tasks = frozenset(tasks)
+
+    def _load_depth(
+        self, item: WorkItem, image_path: Path, hw: tuple[int, int], rgb: NDArray[np.uint8] | None
+    ) -> NDArray[np.float32]:
+        if self.opts.depth_model:
+            assert rgb is not None
+            return depth_from_model(rgb, self.opts.depth_model)
+        assert self.opts.depth_dir is not None
+        base = Path(self.opts.depth_dir) / image_path.stem
+        npy, png = base.with_suffix(".npy"), base.with_suffix(".png")
+        if npy.exists():
+            try:
+                depth = np.load(npy).astype(np.float32)
+            except (OSError, ValueError) as exc:
+                raise ConversionError(str(npy), item.item_id, f"unreadable depth map: {exc}") from exc
+            src = npy
+        elif png.exists():
+            from PIL import Image
+
+            try:
+                with Image.open(png) as im:
+                    depth = np.asarray(im, dtype=np.float32) / 1000.0  # 16-bit PNG in millimetres
+            except OSError as exc:
+                raise ConversionError(str(png), item.item_id, f"unreadable depth map: {exc}") from exc
+            src = png
+        else:
+            raise ConversionError(str(npy), item.item_id, "no depth map (.npy or .png) for this image")
+        if depth.shape != hw:
+            raise ConversionError(
+                str(src), item.item_id, f"depth map is {depth.shape[0]}x{depth.shape[1]}, image is {hw[0]}x{hw[1]}"
+            )
+        return depth
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Bad:
+    item_id: str
+    file: str
+    reason: str
+
+
+_WORKER: Converter | None = None
+
+
+def _init_worker(conv: Converter) -> None:
+    global _WORKER
+    _WORKER = conv
+
+
+def _work(item: WorkItem) -> SampleRecord | _Bad:
+    assert _WORKER is not None
+    return _process(_WORKER, item)
+
+
+def _process(conv: Converter, item: WorkItem) -> SampleRecord | _Bad:
+    try:
+        return conv.process(item)
+    except ConversionError as exc:
+        return _Bad(exc.item_id, exc.file, exc.reason)
+    except SgtDataError as exc:  # e.g. an RLEError from the kernels
+        return _Bad(item.item_id, item.file, str(exc))
+
+
+def _results(conv: Converter, items: Sequence[WorkItem], workers: int) -> Iterator[SampleRecord | _Bad]:
+    if workers <= 1 or len(items) <= 1:
+        for it in items:
+            yield _process(conv, it)
+        return
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    chunk = max(1, min(8, len(items) // (workers * 8)))
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(conv,)) as pool:
+        yield from pool.imap(_work, items, chunksize=chunk)
+
+
+def _created_by() -> str:
+    from importlib.metadata import version
+
+    return f"sgt-data {version('sgt-data')}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 0 <= i < N."""
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/8), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def run_conversion(
+    conv: Converter,
+    out: str | os.PathLike[str],
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 64,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> StoreManifest:
+    """Convert ``conv``'s items (or shard ``i`` of ``N`` contiguous blocks of them) into a store at
+    ``out``, resuming an interrupted run with the same inputs and options."""
+    items, problems = conv.list_items()
+    if problems and not skip_bad:
+        p = problems[0]
+        raise ConversionError(p.file, p.item_id, p.reason)
+    i, n = shard
+    lo, hi = len(items) * i // n, len(items) * (i + 1) // n
+    items = items[lo:hi]
+    if n > 1:
+        problems = [p for p in problems if p.item_id in {it.item_id for it in items}]
+    fp = {**conv.fingerprint(), "shard": [i, n], "skip_bad": skip_bad, "items": len(items), "layout": LAYOUT_VERSION}
+    writer = StoreWriter.open(
+        out, name=conv.opts.name, fields=conv.fields(), batch_size=batch_size, fingerprint=fp, overwrite=overwrite
+    )
+    if writer.finished:
+        _log.info("%s is already complete", out)
+        return StoreManifest.model_validate_json((Path(out) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    done = writer.items_done
+    if progress:
+        progress(done, len(items))
+    batch: list[SampleRecord] = []
+    skipped: list[SkippedItem] = []
+    for res in _results(conv, items[done:], workers):
+        done += 1
+        if isinstance(res, _Bad):
+            if not skip_bad:
+                raise ConversionError(res.file, res.item_id, res.reason)
+            _log.warning("skipping %s (%s): %s", res.item_id, res.file, res.reason)
+            skipped.append(SkippedItem(item_id=res.item_id, file=res.file, reason=res.reason))
+        else:
+            batch.append(res)
+        if len(batch) == batch_size:
+            writer.write_batch(batch, done, skipped)
+            batch, skipped = [], []
+            if progress:
+                progress(done, len(items))
+    if batch or skipped or done != writer.items_done:
+        writer.write_batch(batch, done, skipped)
+    if progress:
+        progress(done, len(items))
+    return writer.finish(
+        created_by=_created_by(),
+        sources=[conv.source(len(items))],
+        renderers=conv.renderers(),
+        palette_seed=conv.opts.seed,
+        extra_skipped=problems,
+    )
+
+
+def merge_stores(
+    parts: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> StoreManifest:
+    """Concatenate finished stores (e.g. the ``--shard i/N`` outputs, in order) into one store."""
+    if not parts:
+        raise StoreError("merge needs at least one store")
+    stores = [SampleStore.open(p) for p in parts]
+    first = stores[0]
+    for p, s in zip(parts[1:], stores[1:], strict=True):
+        if s.name != first.name:
+            raise StoreError(f"{p}: store name {s.name!r} differs from {first.name!r} ({parts[0]})")
+        if s.manifest.renderers != first.manifest.renderers:
+            raise StoreError(f"{p}: renderers differ from those of {parts[0]}")
+        if [f.path for f in s.fields] != [f.path for f in first.fields]:
+            raise StoreError(f"{p}: arrays {[f.path for f in s.fields]} differ from those of {parts[0]}")
+    fp = {"merge": [hashlib.sha256((Path(p) / MANIFEST_FILE).read_bytes()).hexdigest() for p in parts]}
+    writer = StoreWriter.open(
+        out, name=first.name, fields=first.fields, batch_size=batch_size, fingerprint=fp, overwrite=overwrite
+    )
+    total = sum(len(s) for s in stores)
+    flat = [(si, k) for si, s in enumerate(stores) for k in range(len(s))]
+    seen: dict[str, str] = {}
+    for si, k in flat[: writer.items_done]:
+        seen[stores[si].sample_id(k)] = str(parts[si])
+    done = writer.items_done
+    batch: list[SampleRecord] = []
+    for si, k in flat[done:]:
+        rec, _ = stores[si].read_record(k)
+        if rec.sample_id in seen:
+            raise StoreError(f"{parts[si]}: sample id {rec.sample_id!r} also in {seen[rec.sample_id]}")
+        seen[rec.sample_id] = str(parts[si])
+        batch.append(rec)
+        done += 1
+        if len(batch) == batch_size:
+            writer.write_batch(batch, done)
+            batch = []
+            if progress:
+                progress(done, total)
+    if batch or done != writer.items_done:
+        writer.write_batch(batch, done)
+    sources: list[SourceSpec] = []
+    for s in stores:
+        sources += [src for src in s.manifest.sources if src not in sources]
+    return writer.finish(
+        created_by=_created_by(),
+        sources=sources,
+        renderers=first.manifest.renderers,
+        palette_seed=first.manifest.palette_seed,
+        extra_skipped=[sk for s in stores for sk in s.manifest.skipped],
+    )

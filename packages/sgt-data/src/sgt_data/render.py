@@ -1,0 +1,584 @@
+"""Target renderers: label maps -> RGB target images, and their inverses (RGB -> label maps).
+
+Every renderer is deterministic given its parameters (recorded by :meth:`spec` in the store
+manifest), draws background/absent pixels black, and has an ``inverse`` that decodes a rendered
+image back to the label map by nearest palette colour, so that slightly perturbed generated maps
+still decode.
+
+Palettes: one palette per seed, ``num_classes`` class colours followed by ``max_instances``
+instance colours, all chosen by farthest-point sampling in RGB so that every two colours of the
+palette (and black) are far apart. Instance colours are assigned per image by greedy graph
+colouring: touching instances get the palette colours furthest from each other's.
+
+Depth colour map ("sgt-rainbow", 1531 levels): the polyline blue (near) -> cyan -> green ->
+yellow -> red -> magenta -> white (far) through the RGB cube, one channel changing by one step
+per level; black means "no depth". Depth is quantised linearly between ``d_min`` and ``d_max``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sgt_data.errors import RenderError
+from sgt_data.schema import RendererSpec, TaskKind
+
+__all__ = [
+    "DEPTH_LEVELS",
+    "DepthRenderer",
+    "EdgeRenderer",
+    "InstanceRenderer",
+    "PanopticRenderer",
+    "ReconstructionRenderer",
+    "SemanticRenderer",
+    "depth_from_model",
+    "distinct_palette",
+    "renderer_from_spec",
+]
+
+_log = logging.getLogger(__name__)
+
+RGB = NDArray[np.uint8]
+Labels = NDArray[np.integer[Any]]
+
+#: default palette sizes (COCO-Stuff has 182 class ids; SA-1B images hold up to ~500 masks)
+DEFAULT_NUM_CLASSES: Final = 256
+DEFAULT_MAX_INSTANCES: Final = 256
+#: palette colours keep at least this distance from black (the background)
+_MIN_DIST_FROM_BLACK: Final = 60.0
+
+
+@functools.lru_cache(maxsize=16)
+def _palette_cached(n: int, seed: int) -> RGB:
+    rng = np.random.default_rng(seed)
+    # a dense seeded candidate set; farthest-point sampling picks n of them
+    candidates = rng.integers(0, 256, size=(max(32 * n, 16384), 3)).astype(np.float64)
+    candidates = candidates[np.linalg.norm(candidates, axis=1) >= _MIN_DIST_FROM_BLACK]
+    if len(candidates) < n:
+        raise RenderError(f"cannot draw {n} distinct palette colours")
+    # distance to the nearest already chosen colour; black counts as chosen
+    nearest = np.linalg.norm(candidates, axis=1)
+    chosen = np.empty((n, 3), dtype=np.float64)
+    for i in range(n):
+        j = int(np.argmax(nearest))
+        chosen[i] = candidates[j]
+        nearest = np.minimum(nearest, np.linalg.norm(candidates - candidates[j], axis=1))
+    out = chosen.astype(np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+def distinct_palette(n: int, seed: int = 0) -> RGB:
+    """``n`` RGB colours, pairwise far apart and far from black, deterministic per seed."""
+    if n < 1:
+        raise RenderError(f"palette size must be >= 1, got {n}")
+    return _palette_cached(int(n), int(seed))
+
+
+def _pack(rgb: RGB) -> NDArray[np.int32]:
+    c = rgb.astype(np.int32)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+def _check_rgb(rgb: NDArray[Any]) -> RGB:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        shape = getattr(rgb, "shape", None)
+        raise RenderError(f"expected an HxWx3 uint8 image, got {getattr(rgb, 'dtype', None)} {shape}")
+    return rgb
+
+
+def _check_labels(labels: NDArray[Any]) -> Labels:
+    if not isinstance(labels, np.ndarray) or labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise RenderError(
+            f"expected an HxW integer label map, got {getattr(labels, 'dtype', None)} "
+            f"{getattr(labels, 'shape', None)}"
+        )
+    if labels.size and labels.min() < 0:
+        raise RenderError("label maps must be non-negative")
+    return labels
+
+
+def nearest_colour(rgb: RGB, colours: NDArray[Any]) -> NDArray[np.int32]:
+    """Index into ``colours`` (Kx3) of the nearest colour to each pixel of ``rgb`` (HxW)."""
+    rgb = _check_rgb(rgb)
+    codes, inverse = np.unique(_pack(rgb).ravel(), return_inverse=True)
+    uniq = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=1).astype(np.int32)
+    pal = np.asarray(colours, dtype=np.int32)
+    best = np.empty(len(uniq), dtype=np.int32)
+    step = max(1, 4_000_000 // max(len(pal), 1))
+    for s in range(0, len(uniq), step):
+        d = ((uniq[s : s + step, None, :] - pal[None, :, :]) ** 2).sum(axis=2)
+        best[s : s + step] = d.argmin(axis=1)
+    return best[inverse].reshape(rgb.shape[:2])
+
+
+def _adjacency(labels: Labels, radius: int) -> NDArray[np.int64]:
+    """Pairs (a, b), a < b, of non-zero labels that come within ``radius`` pixels of each other
+    along a row or column (checked at offsets 1, 2, 4, ... <= radius)."""
+    lab = labels.astype(np.int64)
+    k1 = int(lab.max()) + 1 if lab.size else 1
+    codes: list[NDArray[np.int64]] = []
+    offsets = [1 << i for i in range(max(radius, 1).bit_length()) if 1 << i <= radius]
+    for d in offsets:
+        for a, b in ((lab[:, :-d], lab[:, d:]), (lab[:-d, :], lab[d:, :])):
+            sel = (a != b) & (a > 0) & (b > 0)
+            lo = np.minimum(a[sel], b[sel])
+            hi = np.maximum(a[sel], b[sel])
+            codes.append(np.unique(lo * k1 + hi))
+    if not codes:
+        return np.empty((0, 2), dtype=np.int64)
+    allc = np.unique(np.concatenate(codes))
+    return np.stack([allc // k1, allc % k1], axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _slot_tables(n_total: int, start: int, seed: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Pairwise distances of the instance colours, and the seeded tie-break rank of each slot."""
+    p = distinct_palette(n_total, seed)[start:].astype(np.float64)
+    dist = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(axis=2))
+    order = np.random.default_rng(seed).permutation(len(p))
+    rank = np.empty(len(p), dtype=np.int64)
+    rank[order] = np.arange(len(p))
+    return dist, rank
+
+
+def _greedy_colours(
+    ids: NDArray[np.int64], pairs: NDArray[np.int64], tables: tuple[NDArray[np.float64], NDArray[np.int64]]
+) -> dict[int, int]:
+    """Assign each id a distinct palette slot: maximise the colour distance to touching ids, then
+    (at half weight) to every id of the image."""
+    dist, rank = tables
+    n_pal = len(rank)
+    if len(ids) > n_pal:
+        raise RenderError(f"{len(ids)} segments but the palette holds only {n_pal} instance colours")
+    neighbours: dict[int, list[int]] = {int(i): [] for i in ids}
+    for a, b in pairs.tolist():
+        if a in neighbours and b in neighbours:
+            neighbours[a].append(b)
+            neighbours[b].append(a)
+    free = np.ones(n_pal, dtype=bool)
+    slots: dict[int, int] = {}
+    # most-connected first (classic greedy colouring order), ties by id
+    for i in sorted(neighbours, key=lambda x: (-len(neighbours[x]), x)):
+        near = [slots[n] for n in neighbours[i] if n in slots]
+        score = dist[:, near].min(axis=1) if near else np.full(n_pal, np.inf)
+        if slots:  # far from every colour of the image too, touching ones count double
+            score = np.minimum(score, 2.0 * dist[:, list(slots.values())].min(axis=1))
+        score = np.where(free, score, -1.0)
+        best = np.flatnonzero(score == score.max())
+        slot = int(best[np.argmin(rank[best])])
+        slots[i] = slot
+        free[slot] = False
+    return slots
+
+
+class _Base:
+    name: str = ""
+    task: TaskKind = TaskKind.SEGMENTATION
+    version: int = 1
+
+    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
+        return {}
+
+    def spec(self) -> RendererSpec:
+        """The renderer and its parameters, for the store manifest."""
+        return RendererSpec(name=self.name, task=self.task, version=self.version, params=self._params())
+
+
+class InstanceRenderer(_Base):
+    """Instance id map (0 = background, 1..K instances) -> each instance its own colour."""
+
+    name = "instance"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        num_classes: int = DEFAULT_NUM_CLASSES,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        neighbour_radius: int = 8,
+    ) -> None:
+        self.seed = seed
+        self.num_classes = num_classes
+        self.max_instances = max_instances
+        self.neighbour_radius = neighbour_radius
+
+    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
+        return {
+            "seed": self.seed,
+            "num_classes": self.num_classes,
+            "max_instances": self.max_instances,
+            "neighbour_radius": self.neighbour_radius,
+        }
+
+    @property
+    def palette(self) -> RGB:
+        """The instance colours (``max_instances`` x 3)."""
+        return distinct_palette(self.num_classes + self.max_instances, self.seed)[self.num_classes :]
+
+    def assign(self, labels: Labels) -> NDArray[np.int32]:
+        """Palette slot of each id 1..max(labels) (-1 for ids absent from the map)."""
+        labels = _check_labels(labels)
+        k = int(labels.max()) if labels.size else 0
+        out = np.full(k, -1, dtype=np.int32)
+        ids = np.unique(labels)
+        ids = ids[ids > 0].astype(np.int64)
+        tables = _slot_tables(self.num_classes + self.max_instances, self.num_classes, self.seed)
+        slots = _greedy_colours(ids, _adjacency(labels, self.neighbour_radius), tables)
+        for i, s in slots.items():
+            out[i - 1] = s
+        return out
+
+    def render(self, labels: Labels, slots: NDArray[np.int32] | None = None) -> RGB:
+        """Colour each instance with its assigned palette colour, background black."""
+        labels = _check_labels(labels)
+        if slots is None:
+            slots = self.assign(labels)
+        lut = np.zeros((len(slots) + 1, 3), dtype=np.uint8)
+        used = slots >= 0
+        lut[1:][used] = self.palette[slots[used]]
+        return lut[labels]
+
+    def inverse(self, rgb: RGB, slots: NDArray[np.int32] | None = None) -> NDArray[np.int32]:
+        """Decode to a label map: with ``slots`` (from :meth:`assign`) the original ids, else slot+1."""
+        if slots is None:
+            colours = np.concatenate([np.zeros((1, 3), np.uint8), self.palette])
+            return nearest_colour(rgb, colours)
+        used = np.flatnonzero(slots >= 0)
+        colours = np.concatenate([np.zeros((1, 3), np.uint8), self.palette[slots[used]]])
+        ids = np.concatenate([[0], used + 1]).astype(np.int32)
+        return ids[nearest_colour(rgb, colours)]
+
+
+class SemanticRenderer(_Base):
+    """Class id map (0 = unlabelled, 1..num_classes-1) -> a fixed colour per class."""
+
+    name = "semantic"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        num_classes: int = DEFAULT_NUM_CLASSES,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+    ) -> None:
+        self.seed = seed
+        self.num_classes = num_classes
+        self.max_instances = max_instances
+
+    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
+        return {"seed": self.seed, "num_classes": self.num_classes, "max_instances": self.max_instances}
+
+    @property
+    def palette(self) -> RGB:
+        """Colour of each class id (``num_classes`` x 3); row 0 (unlabelled) is black."""
+        pal = distinct_palette(self.num_classes + self.max_instances, self.seed)[: self.num_classes]
+        out = pal.copy()
+        out[0] = 0
+        return out
+
+    def render(self, labels: Labels) -> RGB:
+        """Colour each pixel with its class colour."""
+        labels = _check_labels(labels)
+        if labels.size and int(labels.max()) >= self.num_classes:
+            raise RenderError(f"class id {int(labels.max())} >= num_classes {self.num_classes}")
+        return self.palette[labels]
+
+    def inverse(self, rgb: RGB) -> NDArray[np.int32]:
+        """Class id of the nearest class colour per pixel."""
+        return nearest_colour(rgb, self.palette)
+
+
+class PanopticRenderer(_Base):
+    """Segment id map + per-segment category and thing flag -> stuff in its class colour,
+    each thing segment in its own instance colour (disjoint from all class colours)."""
+
+    name = "panoptic"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        num_classes: int = DEFAULT_NUM_CLASSES,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        neighbour_radius: int = 8,
+    ) -> None:
+        self.seed = seed
+        self.semantic = SemanticRenderer(seed, num_classes=num_classes, max_instances=max_instances)
+        self.instance = InstanceRenderer(
+            seed, num_classes=num_classes, max_instances=max_instances, neighbour_radius=neighbour_radius
+        )
+
+    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
+        return self.instance._params()
+
+    def _luts(
+        self, labels: Labels, categories: NDArray[Any], isthing: NDArray[Any]
+    ) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        labels = _check_labels(labels)
+        cats = np.concatenate([[0], np.asarray(categories, dtype=np.int64)])
+        thing = np.concatenate([[False], np.asarray(isthing, dtype=bool)])
+        if labels.size and int(labels.max()) >= len(cats):
+            raise RenderError(
+                f"segment id {int(labels.max())} has no category ({len(cats) - 1} segments given)"
+            )
+        return cats, thing
+
+    def assign(self, labels: Labels, categories: NDArray[Any], isthing: NDArray[Any]) -> NDArray[np.int32]:
+        """Instance palette slot of each thing segment (-1 for stuff and absent segments)."""
+        _, thing = self._luts(labels, categories, isthing)
+        things_only = np.where(thing[labels], labels, 0)
+        slots = self.instance.assign(things_only)
+        out = np.full(len(thing) - 1, -1, dtype=np.int32)
+        out[: len(slots)] = slots
+        return out
+
+    def render(
+        self,
+        labels: Labels,
+        categories: NDArray[Any],
+        isthing: NDArray[Any],
+        slots: NDArray[np.int32] | None = None,
+    ) -> RGB:
+        """Render a panoptic segment map."""
+        cats, thing = self._luts(labels, categories, isthing)
+        if slots is None:
+            slots = self.assign(labels, categories, isthing)
+        lut = self.semantic.palette[cats].copy()
+        seg_thing = np.flatnonzero(thing[1:] & (slots >= 0))
+        lut[seg_thing + 1] = self.instance.palette[slots[seg_thing]]
+        lut[0] = 0
+        return lut[labels]
+
+    def inverse(
+        self,
+        rgb: RGB,
+        categories: NDArray[Any] | None = None,
+        isthing: NDArray[Any] | None = None,
+        slots: NDArray[np.int32] | None = None,
+    ) -> NDArray[np.int32]:
+        """Decode to segment ids when the segments are given, else to palette codes
+        (0 black, c for class colour c, num_classes + slot + 1 for instance colours)."""
+        sem = self.semantic.palette
+        nc = len(sem)
+        if categories is None or isthing is None or slots is None:
+            return nearest_colour(rgb, np.concatenate([sem, self.instance.palette]))
+        cats = np.asarray(categories, dtype=np.int64)
+        thing = np.asarray(isthing, dtype=bool)
+        colours = [np.zeros((1, 3), np.uint8)]
+        ids = [0]
+        for k in range(len(cats)):
+            if thing[k] and slots[k] >= 0:
+                colours.append(self.instance.palette[slots[k]][None])
+            elif not thing[k] and 0 < cats[k] < nc:
+                colours.append(sem[cats[k]][None])
+            else:
+                continue
+            ids.append(k + 1)
+        return np.asarray(ids, dtype=np.int32)[nearest_colour(rgb, np.concatenate(colours))]
+
+
+class EdgeRenderer(_Base):
+    """Canny edges of the image (needs the ``edge`` extra: opencv) -> white edges on black."""
+
+    name = "edge"
+    task = TaskKind.EDGE
+
+    def __init__(self, low: int = 100, high: int = 200, aperture: int = 3, l2gradient: bool = False):
+        if not 0 <= low <= high:
+            raise RenderError(f"Canny thresholds must satisfy 0 <= low <= high, got {low}, {high}")
+        self.low, self.high, self.aperture, self.l2gradient = low, high, aperture, l2gradient
+
+    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
+        return {"low": self.low, "high": self.high, "aperture": self.aperture, "l2gradient": self.l2gradient}
+
+    def compute(self, image: RGB) -> NDArray[np.uint8]:
+        """Edge map (1 = edge) of an RGB image."""
+        try:
+            import cv2
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "edge targets need OpenCV: pip install 'sgt-data[edge]' (opencv-python-headless)"
+            ) from exc
+        gray = cv2.cvtColor(np.ascontiguousarray(_check_rgb(image)), cv2.COLOR_RGB2GRAY)
+        edges = cv2.Canny(gray, self.low, self.high, apertureSize=self.aperture, L2gradient=self.l2gradient)
+        return (edges > 0).astype(np.uint8)
+
+    def render(self, edges: Labels) -> RGB:
+        """White (255) where ``edges`` is non-zero, black elsewhere."""
+        e = _check_labels(edges) > 0
+        return np.repeat((e.astype(np.uint8) * 255)[..., None], 3, axis=2)
+
+    def inverse(self, rgb: RGB) -> NDArray[np.uint8]:
+        """1 where the pixel is nearer white than black."""
+        return (_check_rgb(rgb).astype(np.uint16).sum(axis=2) >= 383).astype(np.uint8)
+
+
+#: number of depth levels of the sgt-rainbow colour map (level 0 = no depth, black)
+DEPTH_LEVELS: Final = 6 * 255 + 1
+_DEPTH_PATH: Final = np.array(
+    [[0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0], [255, 0, 255], [255, 255, 255]],
+    dtype=np.int32,
+)
+
+
+def _depth_lut() -> RGB:
+    pts = [_DEPTH_PATH[0]]
+    for a, b in zip(_DEPTH_PATH[:-1], _DEPTH_PATH[1:], strict=True):
+        step = np.sign(b - a)
+        pts.extend(a + step * t for t in range(1, 256))
+    lut = np.zeros((DEPTH_LEVELS + 1, 3), dtype=np.uint8)
+    lut[1:] = np.asarray(pts, dtype=np.uint8)
+    return lut
+
+
+_DEPTH_LUT: Final = _depth_lut()
+
+
+class DepthRenderer(_Base):
+    """Depth map (float, metres or relative) -> the sgt-rainbow colour map; invalid depth black.
+
+    ``quantise`` gives the stored label map (uint16 level 0..1531); ``inverse`` decodes a colour map
+    to levels and ``levels_to_depth`` back to depth values (up to the quantisation step).
+    """
+
+    name = "depth"
+    task = TaskKind.DEPTH
+
+    def __init__(self, d_min: float = 0.0, d_max: float = 10.0, *, per_image: bool = False) -> None:
+        if not d_max > d_min:
+            raise RenderError(f"depth range must satisfy d_min < d_max, got {d_min}, {d_max}")
+        self.d_min, self.d_max, self.per_image = float(d_min), float(d_max), per_image
+
+    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
+        return {
+            "d_min": self.d_min,
+            "d_max": self.d_max,
+            "per_image": self.per_image,
+            "levels": DEPTH_LEVELS,
+            "colormap": "sgt-rainbow",
+        }
+
+    def range_for(self, depth: NDArray[np.floating[Any]]) -> tuple[float, float]:
+        """The depth range used for ``depth``: fixed, or the image's finite min/max if ``per_image``."""
+        if not self.per_image:
+            return self.d_min, self.d_max
+        valid = depth[np.isfinite(depth) & (depth > 0)]
+        if valid.size == 0:
+            return self.d_min, self.d_max
+        lo, hi = float(valid.min()), float(valid.max())
+        return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+    def quantise(self, depth: NDArray[np.floating[Any]], d_range: tuple[float, float] | None = None) -> NDArray[np.uint16]:
+        """Depth levels 1..1531 (0 where depth is missing: non-finite or <= 0)."""
+        lo, hi = d_range if d_range is not None else self.range_for(depth)
+        d = np.asarray(depth, dtype=np.float64)
+        valid = np.isfinite(d) & (d > 0)
+        t = np.clip((np.where(valid, d, lo) - lo) / (hi - lo), 0.0, 1.0)
+        return np.where(valid, 1 + np.rint(t * (DEPTH_LEVELS - 1)), 0).astype(np.uint16)
+
+    def levels_to_depth(self, levels: Labels, d_range: tuple[float, float] | None = None) -> NDArray[np.float32]:
+        """Depth values of levels (NaN for level 0)."""
+        lo, hi = d_range if d_range is not None else (self.d_min, self.d_max)
+        lv = np.asarray(levels, dtype=np.float64)
+        d = lo + (lv - 1) / (DEPTH_LEVELS - 1) * (hi - lo)
+        return np.where(lv > 0, d, np.nan).astype(np.float32)
+
+    def render(self, levels: Labels) -> RGB:
+        """Colour-map depth levels."""
+        levels = _check_labels(levels)
+        if levels.size and int(levels.max()) > DEPTH_LEVELS:
+            raise RenderError(f"depth level {int(levels.max())} > {DEPTH_LEVELS}")
+        return _DEPTH_LUT[levels]
+
+    def inverse(self, rgb: RGB) -> NDArray[np.uint16]:
+        """Depth level of each pixel: nearest point on the colour path (0 if nearest to black)."""
+        p = _check_rgb(rgb).astype(np.int32)
+        best_d = (p**2).sum(axis=2)  # distance to black
+        best_l = np.zeros(p.shape[:2], dtype=np.int32)
+        for s in range(len(_DEPTH_PATH) - 1):
+            a, b = _DEPTH_PATH[s], _DEPTH_PATH[s + 1]
+            c = int(np.flatnonzero(b != a)[0])
+            sign = int(np.sign(b[c] - a[c]))
+            t = np.clip((p[..., c] - a[c]) * sign, 0, 255)
+            q = np.broadcast_to(a, p.shape).copy()
+            q[..., c] = a[c] + sign * t
+            d = ((p - q) ** 2).sum(axis=2)
+            better = d < best_d
+            best_d = np.where(better, d, best_d)
+            best_l = np.where(better, 1 + 255 * s + t, best_l)
+        return best_l.astype(np.uint16)
+
+
+class ReconstructionRenderer(_Base):
+    """The image itself (the reconstruction proxy task)."""
+
+    name = "reconstruction"
+    task = TaskKind.RECONSTRUCTION
+
+    def render(self, image: RGB) -> RGB:
+        """Return the image."""
+        return _check_rgb(image)
+
+    def inverse(self, rgb: RGB) -> RGB:
+        """Return the image."""
+        return _check_rgb(rgb)
+
+
+def depth_from_model(image: RGB, model_path: str) -> NDArray[np.float32]:
+    """Relative depth of an image from a ``transformers`` depth-estimation model stored at a local
+    path (needs the ``depth`` extra). Larger values are further away."""
+    try:
+        from transformers import pipeline
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("model depth needs transformers: pip install 'sgt-data[depth]'") from exc
+    from PIL import Image
+
+    pipe = _depth_pipeline(model_path, pipeline)
+    result = pipe(Image.fromarray(_check_rgb(image)))
+    pred = np.asarray(result["predicted_depth"], dtype=np.float32).squeeze()
+    if pred.shape != image.shape[:2]:
+        pred = np.asarray(
+            Image.fromarray(pred).resize((image.shape[1], image.shape[0]), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+    # depth-estimation models (DPT, Depth Anything) predict inverse depth (disparity)
+    with np.errstate(divide="ignore"):
+        return np.where(pred > 0, 1.0 / pred, np.nan).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _depth_pipeline(model_path: str, factory: Any) -> Any:
+    _log.info("loading depth model from %s", model_path)
+    return factory("depth-estimation", model=model_path, device="cpu")
+
+
+_RENDERERS: Final[dict[str, type[_Base]]] = {
+    r.name: r
+    for r in (
+        InstanceRenderer,
+        SemanticRenderer,
+        PanopticRenderer,
+        EdgeRenderer,
+        DepthRenderer,
+        ReconstructionRenderer,
+    )
+}
+
+
+def renderer_from_spec(spec: RendererSpec) -> Any:
+    """Rebuild a renderer from its manifest record."""
+    cls = _RENDERERS.get(spec.name)
+    if cls is None:
+        raise RenderError(f"unknown renderer {spec.name!r}; known: {sorted(_RENDERERS)}")
+    if spec.version != cls.version:
+        raise RenderError(f"renderer {spec.name!r} version {spec.version} != supported {cls.version}")
+    params: dict[str, Any] = {
+        k: v for k, v in spec.params.items() if k not in ("levels", "colormap")
+    }
+    seed = params.pop("seed", None)
+    return cls(seed, **params) if seed is not None else cls(**params)

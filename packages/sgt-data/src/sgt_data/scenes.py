@@ -1,0 +1,948 @@
+"""A synthetic scene world: coloured shapes at known positions and depths, written as real datasets.
+
+Each scene is a deterministic function of one integer seed. Shapes (circle, square, triangle, star,
+diamond, hexagon) of ten GenEval colour names are placed at a depth in metres; their apparent size
+falls with depth and they are painted far to near (painter's algorithm), so nearer shapes really
+occlude farther ones. From one scene come:
+
+* the RGB image (PNG, or JPEG on request),
+* COCO instance annotations of the *visible* masks: a polygon when the shape is unoccluded (it
+  rasterises exactly to the drawn pixels), compressed RLE otherwise, both through
+  :mod:`sgt_data.rle`,
+* a COCO-Stuff style semantic map (8-bit PNG: ``category_id - 1`` on shapes, 255 = unlabeled),
+* a depth map (16-bit PNG, depth in millimetres; shapes are fronto-parallel cards at one depth, the
+  background a plane receding from 10 m at the bottom row to 14 m at the top row),
+* questions whose answers follow from the scene (LLaVA-style JSONL), and a text-to-image prompt
+  with GenEval metadata.
+
+Visible-area rule: a shape is kept only if its visible area after occlusion is at least
+``min_visible_area`` of the image *and* at least ``min_visible_ratio`` of its own unoccluded area;
+otherwise it is removed before the image is drawn (the most hidden one first, until every shape
+passes). So every shape in an image is annotated, counted and asked about, and no image holds an
+unannotated sliver that would make an existence or counting answer ambiguous.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sgt_data.errors import SgtDataError
+
+__all__ = [
+    "SCENE_CLASSES",
+    "SCENE_COLORS",
+    "Scene",
+    "SceneConfig",
+    "SceneObject",
+    "ScenePrompt",
+    "SceneQuestion",
+    "WorldPaths",
+    "WorldSplitPaths",
+    "coco_annotations",
+    "generate_scene",
+    "geneval_relations",
+    "scene_prompt",
+    "scene_questions",
+    "semantic_map",
+    "write_world",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Shape classes; COCO category id = index + 1.
+SCENE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "hexagon")
+
+#: Colour names (GenEval's ten) and the RGB each is drawn with.
+SCENE_COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 30, 30),
+    "orange": (240, 140, 30),
+    "yellow": (245, 235, 35),
+    "green": (40, 150, 60),
+    "blue": (40, 80, 210),
+    "purple": (130, 50, 160),
+    "pink": (240, 150, 190),
+    "brown": (125, 75, 35),
+    "black": (25, 25, 25),
+    "white": (240, 240, 240),
+}
+
+#: How often each class starts a scene (so POPE's "popular" negatives mean something).
+_CLASS_PRIOR = np.array([0.25, 0.20, 0.18, 0.15, 0.12, 0.10])
+#: Families of classes that co-occur more often and resemble each other (rounded / angular).
+_FAMILY = np.array([0, 1, 1, 0, 1, 0])
+_SAME_FAMILY_AFFINITY = 3.0
+_AFFINITY = np.where(_FAMILY[:, None] == _FAMILY[None, :], _SAME_FAMILY_AFFINITY, 1.0)
+
+#: Muted background colours; object colours too close to the background are redrawn.
+_BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
+    (170, 168, 160),
+    (200, 188, 160),
+    (150, 170, 148),
+    (135, 150, 170),
+    (190, 165, 165),
+    (210, 206, 198),
+    (140, 140, 120),
+)
+_MIN_COLOR_CONTRAST = 90.0
+_BACKGROUND_DEPTH_TOP_M = 14.0
+_BACKGROUND_DEPTH_BOTTOM_M = 10.0
+_COLOR_JITTER = 6
+_PIXEL_NOISE = 3
+_TEXTURE_AMPLITUDE = 10
+
+_PLURALS = {name: name + "s" for name in SCENE_CLASSES}
+_NUMBER_WORDS = {0: "zero", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+_SHORT_ANSWER = "Answer the question using a single word or phrase."
+_MCQ_ANSWER = "Answer with the option's letter from the given choices directly."
+#: GenEval relation -> English phrase used in questions.
+_RELATION_PHRASES = {
+    "left of": "to the left of",
+    "right of": "to the right of",
+    "above": "above",
+    "below": "below",
+}
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+SplitName = Literal["train", "eval"]
+_SPLIT_CODES: dict[str, int] = {"train": 0, "eval": 1}
+_IMAGE_ID_OFFSET: dict[str, int] = {"train": 0, "eval": 1_000_000_000}
+
+
+class SceneConfig(BaseModel):
+    """How scenes are drawn and which questions are asked about them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    height: int = Field(default=64, ge=16, le=4096)
+    width: int = Field(default=64, ge=16, le=4096)
+    min_objects: int = Field(default=1, ge=1)
+    max_objects: int = Field(default=5, ge=1, le=12)
+    min_depth_m: float = Field(default=2.0, gt=0)
+    max_depth_m: float = Field(default=6.0, gt=0)
+    #: Apparent radius (px) = size * min(height, width) / depth, size drawn in this range.
+    min_size: float = Field(default=0.3, gt=0)
+    max_size: float = Field(default=0.5, gt=0)
+    #: Visible-area rule (see module docstring): fraction of the image area ...
+    min_visible_area: float = Field(default=0.004, ge=0, le=1)
+    #: ... and fraction of the shape's own unoccluded area.
+    min_visible_ratio: float = Field(default=0.35, ge=0, le=1)
+    #: GenEval's position margin (``POSITION_THRESHOLD``): a fraction of the summed box sizes.
+    relation_margin: float = Field(default=0.1, ge=0)
+    #: Nearer/farther is asked only about shapes whose depths differ by at least this much.
+    depth_margin_m: float = Field(default=0.5, ge=0)
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(default=95, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SceneConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects ({self.min_objects}) exceeds max_objects ({self.max_objects})"
+            )
+        if self.min_depth_m > self.max_depth_m:
+            raise ValueError(
+                f"min_depth_m ({self.min_depth_m}) exceeds max_depth_m ({self.max_depth_m})"
+            )
+        if self.max_depth_m >= _BACKGROUND_DEPTH_BOTTOM_M:
+            raise ValueError(
+                f"max_depth_m ({self.max_depth_m}) must stay in front of the background "
+                f"({_BACKGROUND_DEPTH_BOTTOM_M} m)"
+            )
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) exceeds max_size ({self.max_size})")
+        return self
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One visible shape of a scene."""
+
+    class_name: str
+    color: str
+    depth_m: float
+    #: The shape's outline as a flat COCO polygon ``[x0, y0, x1, y1, ...]`` (pixel units).
+    polygon: tuple[float, ...]
+    #: Its visible pixels after occlusion (``HxW`` bool).
+    mask: NDArray[np.bool_]
+    #: Visible pixel count.
+    area: int
+    #: COCO ``[x, y, w, h]`` of the visible mask.
+    bbox: tuple[float, float, float, float]
+    #: Whether nearer shapes hide part of it.
+    occluded: bool
+
+    @property
+    def category_id(self) -> int:
+        """COCO category id of its class."""
+        return SCENE_CLASSES.index(self.class_name) + 1
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A generated scene: image, depth map and its visible shapes (far to near)."""
+
+    seed: int
+    image: NDArray[np.uint8]
+    depth_m: NDArray[np.float32]
+    objects: tuple[SceneObject, ...]
+    background: str
+
+
+@dataclass(frozen=True)
+class SceneQuestion:
+    """One question about a scene with the answer its content implies."""
+
+    question_type: Literal["existence", "counting", "color", "relation", "depth"]
+    question: str
+    answer: str
+    metadata: dict[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class ScenePrompt:
+    """A text-to-image prompt true of a scene, with GenEval metadata."""
+
+    tag: Literal["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    prompt: str
+    include: tuple[dict[str, Any], ...]
+    exclude: tuple[dict[str, Any], ...] = ()
+
+    def to_geneval(self) -> dict[str, Any]:
+        """The GenEval ``evaluation_metadata.jsonl`` record of this prompt."""
+        record: dict[str, Any] = {"tag": self.tag, "include": [dict(c) for c in self.include]}
+        if self.exclude:
+            record["exclude"] = [dict(c) for c in self.exclude]
+        record["prompt"] = self.prompt
+        return record
+
+
+# --------------------------------------------------------------------------- mask codec (sgt_data.rle)
+
+
+def _rasterize_polygons(
+    polygons: Sequence[Sequence[float]], height: int, width: int
+) -> NDArray[np.bool_]:
+    """Rasterise each polygon with COCO's polygon semantics: ``N x H x W`` bool."""
+    from sgt_data import rle
+
+    rles = rle.frPyObjects([list(p) for p in polygons], height, width)
+    masks = np.asarray(rle.decode(rles), dtype=bool)  # H x W x N
+    return np.ascontiguousarray(masks.transpose(2, 0, 1))
+
+
+def _encode_rle(mask: NDArray[np.bool_]) -> dict[str, Any]:
+    """Compressed COCO RLE of one mask, JSON-ready (``counts`` as str)."""
+    from sgt_data import rle
+
+    encoded = rle.encode(np.asfortranarray(mask, dtype=np.uint8))
+    if isinstance(encoded, list):  # only for a stack of masks; ours is one
+        encoded = encoded[0]
+    counts = encoded["counts"]
+    return {
+        "size": [int(s) for s in encoded["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else str(counts),
+    }
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _unit_outline(class_name: str) -> NDArray[np.float64]:
+    """Vertices of a class's outline around the origin, radius about 1, y pointing down."""
+    if class_name == "circle":
+        angles = np.linspace(0.0, 2 * math.pi, 32, endpoint=False)
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    if class_name == "square":
+        return np.array([[-0.8, -0.8], [0.8, -0.8], [0.8, 0.8], [-0.8, 0.8]])
+    if class_name == "triangle":
+        angles = np.deg2rad([-90.0, 30.0, 150.0])
+        return np.stack([np.cos(angles), np.sin(angles) + 0.2], axis=1)
+    if class_name == "star":
+        angles = np.deg2rad(-90.0 + 36.0 * np.arange(10))
+        radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    if class_name == "diamond":
+        return np.array([[0.0, -1.0], [0.62, 0.0], [0.0, 1.0], [-0.62, 0.0]])
+    if class_name == "hexagon":
+        angles = np.deg2rad(60.0 * np.arange(6))
+        return 0.95 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    raise ValueError(f"unknown scene class {class_name!r}; known: {list(SCENE_CLASSES)}")
+
+
+_OUTLINES = {name: _unit_outline(name) for name in SCENE_CLASSES}
+#: Largest rotation (degrees) per class: enough variety, never turning a square into a diamond.
+_MAX_ROTATION = {
+    "circle": 0.0,
+    "square": 15.0,
+    "triangle": 15.0,
+    "star": 20.0,
+    "diamond": 10.0,
+    "hexagon": 30.0,
+}
+
+
+def _polygon(
+    class_name: str, cx: float, cy: float, radius: float, rotation_deg: float
+) -> tuple[float, ...]:
+    theta = math.radians(rotation_deg)
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    points = _OUTLINES[class_name] @ rot.T * radius + np.array([cx, cy])
+    return tuple(float(v) for v in np.round(points, 2).ravel())
+
+
+def _mask_bbox(mask: NDArray[np.bool_]) -> tuple[float, float, float, float]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return (0.0, 0.0, 0.0, 0.0)
+    return (
+        float(cols[0]),
+        float(rows[0]),
+        float(cols[-1] - cols[0] + 1),
+        float(rows[-1] - rows[0] + 1),
+    )
+
+
+def geneval_relations(
+    box_a: Sequence[float], box_b: Sequence[float], margin: float = 0.1
+) -> frozenset[str]:
+    """GenEval's position of box A relative to box B (COCO ``[x, y, w, h]`` boxes).
+
+    Relations are among ``left of``, ``right of``, ``above``, ``below`` (image y points down);
+    the centre offset is shrunk by ``margin`` times the summed box sizes before its direction is
+    read, so boxes that are nearly aligned on an axis have no relation on it.
+    """
+    ax, ay, aw, ah = (float(v) for v in box_a)
+    bx, by, bw, bh = (float(v) for v in box_b)
+    offset = np.array([(ax + aw / 2) - (bx + bw / 2), (ay + ah / 2) - (by + bh / 2)])
+    dims = np.array([aw + bw, ah + bh])
+    revised = np.maximum(np.abs(offset) - margin * dims, 0.0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
+        return frozenset()
+    dx, dy = revised / np.linalg.norm(offset)
+    relations = set()
+    if dx < -0.5:
+        relations.add("left of")
+    if dx > 0.5:
+        relations.add("right of")
+    if dy < -0.5:
+        relations.add("above")
+    if dy > 0.5:
+        relations.add("below")
+    return frozenset(relations)
+
+
+# --------------------------------------------------------------------------- scene generation
+
+
+def _background(
+    rng: np.random.Generator, height: int, width: int
+) -> tuple[NDArray[np.float32], str, list[NDArray[np.float64]]]:
+    """Background image (float RGB), its kind, and the colours it is made of."""
+    kind = ("solid", "gradient", "texture")[int(rng.integers(3))]
+    first = np.array(_BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))], dtype=np.float64)
+    if kind == "solid":
+        image = np.broadcast_to(first, (height, width, 3)).astype(np.float32)
+        return image, kind, [first]
+    if kind == "gradient":
+        second = np.array(_BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))], dtype=np.float64)
+        angle = rng.uniform(0.0, 2 * math.pi)
+        yy, xx = np.mgrid[0:height, 0:width]
+        ramp = math.cos(angle) * xx / max(width - 1, 1) + math.sin(angle) * yy / max(height - 1, 1)
+        ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
+        image = (first + (second - first) * ramp[..., None]).astype(np.float32)
+        return image, kind, [first, second]
+    # light texture: smooth low-amplitude noise plus faint stripes
+    coarse = rng.uniform(-1.0, 1.0, (height // 8 + 2, width // 8 + 2))
+    noise = np.kron(coarse, np.ones((8, 8)))[:height, :width]
+    period = float(rng.uniform(4.0, 10.0))
+    yy, xx = np.mgrid[0:height, 0:width]
+    stripes = np.sin(2 * math.pi * (xx + yy * rng.uniform(-1.0, 1.0)) / period)
+    pattern = _TEXTURE_AMPLITUDE * (0.6 * noise + 0.4 * stripes)
+    image = (first + pattern[..., None]).astype(np.float32)
+    return image, kind, [first]
+
+
+def _draw_classes(rng: np.random.Generator, count: int) -> list[int]:
+    """Class indices of a scene: the first by the prior, the rest by affinity to the first."""
+    first = int(rng.choice(len(SCENE_CLASSES), p=_CLASS_PRIOR))
+    weights = _AFFINITY[first] * _CLASS_PRIOR
+    rest = rng.choice(len(SCENE_CLASSES), size=count - 1, p=weights / weights.sum())
+    return [first, *(int(c) for c in rest)]
+
+
+_COLOR_NAMES = tuple(SCENE_COLORS)
+_COLOR_TABLE = np.array([SCENE_COLORS[n] for n in _COLOR_NAMES], dtype=np.float64)
+
+
+def _allowed_colors(background: list[NDArray[np.float64]]) -> list[str]:
+    """Colour names far enough from every colour the background is made of."""
+    distance = np.linalg.norm(_COLOR_TABLE[:, None, :] - np.array(background)[None], axis=-1)
+    return [
+        n
+        for n, d in zip(_COLOR_NAMES, distance.min(axis=1), strict=True)
+        if d >= _MIN_COLOR_CONTRAST
+    ]
+
+
+def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
+    """Draw the scene of one seed (the same seed and config always give the same scene)."""
+    cfg = config or SceneConfig()
+    if seed < 0:
+        raise SgtDataError(f"scene seed must be >= 0, got {seed}")
+    rng = np.random.default_rng(seed)
+    H, W = cfg.height, cfg.width
+    bg_image, bg_kind, bg_colors = _background(rng, H, W)
+
+    count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    classes = _draw_classes(rng, count)
+    short = min(H, W)
+    allowed = _allowed_colors(bg_colors)
+    placed: list[tuple[str, str, float, tuple[float, ...]]] = []
+    for class_index in classes:
+        name = SCENE_CLASSES[class_index]
+        depth = float(rng.uniform(cfg.min_depth_m, cfg.max_depth_m))
+        radius = float(rng.uniform(cfg.min_size, cfg.max_size)) * short / depth
+        radius = min(radius, short / 2 - 1.5)
+        cx = float(rng.uniform(radius + 1.0, W - 1.0 - radius))
+        cy = float(rng.uniform(radius + 1.0, H - 1.0 - radius))
+        rotation = float(rng.uniform(-1.0, 1.0)) * _MAX_ROTATION[name]
+        color = allowed[int(rng.integers(len(allowed)))]
+        placed.append((name, color, depth, _polygon(name, cx, cy, radius, rotation)))
+
+    # far to near, so that nearer shapes paint over farther ones
+    placed.sort(key=lambda item: -item[2])
+    full = _rasterize_polygons([p[3] for p in placed], H, W)
+    keep = _resolve_visibility(full, cfg)
+    placed = [placed[i] for i in keep]
+    full = full[keep]
+
+    labels = np.full((H, W), -1, dtype=np.int16)
+    for i in range(len(placed)):
+        labels[full[i]] = i
+
+    image = bg_image.copy()
+    depth_map = np.broadcast_to(
+        np.linspace(_BACKGROUND_DEPTH_TOP_M, _BACKGROUND_DEPTH_BOTTOM_M, H, dtype=np.float32)[
+            :, None
+        ],
+        (H, W),
+    ).copy()
+    objects: list[SceneObject] = []
+    for i, (name, color, depth, polygon) in enumerate(placed):
+        visible = labels == i
+        rgb = np.array(SCENE_COLORS[color], dtype=np.float32)
+        rgb = rgb + rng.integers(-_COLOR_JITTER, _COLOR_JITTER + 1, 3)
+        n_visible = int(visible.sum())
+        image[visible] = rgb + rng.integers(-_PIXEL_NOISE, _PIXEL_NOISE + 1, (n_visible, 1))
+        depth_map[visible] = depth
+        objects.append(
+            SceneObject(
+                class_name=name,
+                color=color,
+                depth_m=depth,
+                polygon=polygon,
+                mask=visible,
+                area=n_visible,
+                bbox=_mask_bbox(visible),
+                occluded=bool(n_visible < int(full[i].sum())),
+            )
+        )
+    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return Scene(
+        seed=seed, image=pixels, depth_m=depth_map, objects=tuple(objects), background=bg_kind
+    )
+
+
+def _resolve_visibility(full: NDArray[np.bool_], cfg: SceneConfig) -> list[int]:
+    """Indices (far-to-near order) of the shapes kept by the visible-area rule."""
+    keep = list(range(full.shape[0]))
+    image_area = full.shape[1] * full.shape[2]
+    while keep:
+        labels = np.full(full.shape[1:], -1, dtype=np.int16)
+        for i in keep:
+            labels[full[i]] = i
+        visible = np.bincount(labels.ravel() + 1, minlength=full.shape[0] + 1)[1:]
+        worst, worst_ratio = -1, math.inf
+        for i in keep:
+            own = int(full[i].sum())
+            ratio = visible[i] / own if own else 0.0
+            failing = (
+                own == 0
+                or visible[i] < cfg.min_visible_area * image_area
+                or ratio < cfg.min_visible_ratio
+            )
+            if failing and ratio < worst_ratio:
+                worst, worst_ratio = i, ratio
+        if worst < 0:
+            break
+        keep.remove(worst)
+    return keep
+
+
+# --------------------------------------------------------------------------- derived annotations
+
+
+def semantic_map(scene: Scene) -> NDArray[np.uint8]:
+    """COCO-Stuff style label map: ``category_id - 1`` on each shape, 255 elsewhere (unlabeled)."""
+    out = np.full(scene.image.shape[:2], 255, dtype=np.uint8)
+    for obj in scene.objects:
+        out[obj.mask] = obj.category_id - 1
+    return out
+
+
+def coco_annotations(scene: Scene, image_id: int, first_annotation_id: int) -> list[dict[str, Any]]:
+    """COCO instance annotations of a scene's visible shapes (polygon if unoccluded, else RLE)."""
+    annotations = []
+    for k, obj in enumerate(scene.objects):
+        segmentation: Any = _encode_rle(obj.mask) if obj.occluded else [list(obj.polygon)]
+        annotations.append(
+            {
+                "id": first_annotation_id + k,
+                "image_id": image_id,
+                "category_id": obj.category_id,
+                "segmentation": segmentation,
+                "area": float(obj.area),
+                "bbox": list(obj.bbox),
+                "iscrowd": 0,
+                "color": obj.color,
+                "depth_m": round(obj.depth_m, 3),
+            }
+        )
+    return annotations
+
+
+def _references(scene: Scene) -> list[str | None]:
+    """How each shape can be named uniquely: its class, else colour + class, else not at all."""
+    class_counts: dict[str, int] = {}
+    pair_counts: dict[tuple[str, str], int] = {}
+    for obj in scene.objects:
+        class_counts[obj.class_name] = class_counts.get(obj.class_name, 0) + 1
+        key = (obj.color, obj.class_name)
+        pair_counts[key] = pair_counts.get(key, 0) + 1
+    refs: list[str | None] = []
+    for obj in scene.objects:
+        if class_counts[obj.class_name] == 1:
+            refs.append(obj.class_name)
+        elif pair_counts[(obj.color, obj.class_name)] == 1:
+            refs.append(f"{obj.color} {obj.class_name}")
+        else:
+            refs.append(None)
+    return refs
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _pope_negatives(present: set[int], rng: np.random.Generator) -> list[tuple[int, str]]:
+    """Absent classes chosen as POPE does: adversarial (co-occurring), popular, random."""
+    absent = [c for c in range(len(SCENE_CLASSES)) if c not in present]
+    chosen: list[tuple[int, str]] = []
+    if absent:
+        affinity = [sum(_AFFINITY[c, p] for p in present) for c in absent]
+        best = max(zip(affinity, _CLASS_PRIOR[absent], absent, strict=True))[2]
+        chosen.append((best, "adversarial"))
+        absent.remove(best)
+    if absent:
+        best = max(zip(_CLASS_PRIOR[absent], absent, strict=True))[1]
+        chosen.append((best, "popular"))
+        absent.remove(best)
+    if absent:
+        chosen.append((absent[int(rng.integers(len(absent)))], "random"))
+    return chosen
+
+
+def scene_questions(scene: Scene, config: SceneConfig | None = None) -> list[SceneQuestion]:
+    """Questions about a scene with the answers its content implies (deterministic per seed)."""
+    cfg = config or SceneConfig()
+    rng = np.random.default_rng([scene.seed, 1])
+    objs = scene.objects
+    questions: list[SceneQuestion] = []
+    counts: dict[int, int] = {}
+    for obj in objs:
+        counts[obj.category_id - 1] = counts.get(obj.category_id - 1, 0) + 1
+
+    # existence, balanced as in POPE: as many absent classes (by strategy) as present ones
+    present = sorted(counts)
+    negatives = _pope_negatives(set(counts), rng)[: len(present)]
+    positives = [present[int(i)] for i in rng.permutation(len(present))[: len(negatives)]]
+    for cls in positives:
+        questions.append(_existence(cls, True, "positive"))
+    for cls, strategy in negatives:
+        questions.append(_existence(cls, False, strategy))
+
+    # counting: one present class, and sometimes an absent one
+    count_classes = [present[int(rng.integers(len(present)))]] if present else []
+    if negatives and rng.random() < 0.25:
+        count_classes.append(negatives[-1][0])
+    for cls in count_classes:
+        name = _PLURALS[SCENE_CLASSES[cls]]
+        questions.append(
+            SceneQuestion(
+                "counting",
+                f"How many {name} are in the image?\n{_SHORT_ANSWER}",
+                str(counts.get(cls, 0)),
+                {"class": SCENE_CLASSES[cls]},
+            )
+        )
+
+    # colour of classes that appear once
+    unique = [i for i, obj in enumerate(objs) if counts[obj.category_id - 1] == 1]
+    for i in [unique[int(k)] for k in rng.permutation(len(unique))[:2]]:
+        questions.append(
+            SceneQuestion(
+                "color",
+                f"What color is the {objs[i].class_name}?\n{_SHORT_ANSWER}",
+                objs[i].color,
+                {"class": objs[i].class_name},
+            )
+        )
+
+    refs = _references(scene)
+    named = [i for i, r in enumerate(refs) if r is not None]
+    pairs = [(a, b) for a in named for b in named if a != b]
+    order = rng.permutation(len(pairs))
+    questions += _relation_questions(scene, refs, [pairs[int(k)] for k in order], cfg, rng)
+    questions += _depth_questions(scene, refs, [pairs[int(k)] for k in order], cfg, rng)
+    return questions
+
+
+def _existence(cls: int, present: bool, strategy: str) -> SceneQuestion:
+    name = SCENE_CLASSES[cls]
+    return SceneQuestion(
+        "existence",
+        f"Is there {_article(name)} {name} in the image?\n{_SHORT_ANSWER}",
+        "Yes" if present else "No",
+        {"class": name, "pope_split": strategy},
+    )
+
+
+def _relation_questions(
+    scene: Scene,
+    refs: list[str | None],
+    pairs: list[tuple[int, int]],
+    cfg: SceneConfig,
+    rng: np.random.Generator,
+    limit: int = 2,
+) -> list[SceneQuestion]:
+    """Yes/no relation questions, asked only where GenEval's rule decides the axis."""
+    out: list[SceneQuestion] = []
+    for a, b in pairs:
+        if len(out) >= limit:
+            break
+        held = sorted(
+            geneval_relations(scene.objects[a].bbox, scene.objects[b].bbox, cfg.relation_margin)
+        )
+        if not held:
+            continue
+        relation = held[int(rng.integers(len(held)))]
+        truthful = bool(rng.random() < 0.5)
+        asked = relation if truthful else _OPPOSITE[relation]
+        out.append(
+            SceneQuestion(
+                "relation",
+                f"Is the {refs[a]} {_RELATION_PHRASES[asked]} the {refs[b]}?\n{_SHORT_ANSWER}",
+                "Yes" if truthful else "No",
+                {"relation": asked},
+            )
+        )
+    return out
+
+
+def _depth_questions(
+    scene: Scene,
+    refs: list[str | None],
+    pairs: list[tuple[int, int]],
+    cfg: SceneConfig,
+    rng: np.random.Generator,
+    limit: int = 2,
+) -> list[SceneQuestion]:
+    """CV-Bench style two-choice nearer/farther questions, only for depths beyond the margin."""
+    out: list[SceneQuestion] = []
+    for a, b in pairs:
+        if len(out) >= limit:
+            break
+        da, db = scene.objects[a].depth_m, scene.objects[b].depth_m
+        if abs(da - db) < cfg.depth_margin_m:
+            continue
+        closer = bool(rng.random() < 0.5)
+        word = "closer to" if closer else "farther from"
+        a_wins = (da < db) == closer
+        out.append(
+            SceneQuestion(
+                "depth",
+                f"Which object is {word} the camera, the {refs[a]} or the {refs[b]}?\n"
+                f"(A) {refs[a]}\n(B) {refs[b]}\n{_MCQ_ANSWER}",
+                "A" if a_wins else "B",
+                {"comparison": "closer" if closer else "farther"},
+            )
+        )
+    return out
+
+
+def scene_prompt(scene: Scene, config: SceneConfig | None = None) -> ScenePrompt | None:
+    """A GenEval-style text-to-image prompt true of the scene (tag drawn among those that apply)."""
+    cfg = config or SceneConfig()
+    rng = np.random.default_rng([scene.seed, 2])
+    objs = scene.objects
+    if not objs:
+        return None
+    counts: dict[str, int] = {}
+    for obj in objs:
+        counts[obj.class_name] = counts.get(obj.class_name, 0) + 1
+    classes = sorted(counts)
+    singles = [o for o in objs if counts[o.class_name] == 1]
+    options: list[ScenePrompt] = []
+
+    c = classes[int(rng.integers(len(classes)))]
+    options.append(
+        ScenePrompt("single_object", f"a photo of {_article(c)} {c}", ({"class": c, "count": 1},))
+    )
+    if len(classes) >= 2:
+        c1, c2 = (classes[int(i)] for i in rng.permutation(len(classes))[:2])
+        options.append(
+            ScenePrompt(
+                "two_object",
+                f"a photo of {_article(c1)} {c1} and {_article(c2)} {c2}",
+                ({"class": c1, "count": 1}, {"class": c2, "count": 1}),
+            )
+        )
+    multi = [k for k in classes if 2 <= counts[k] <= 4]
+    if multi:
+        k = multi[int(rng.integers(len(multi)))]
+        n = counts[k]
+        options.append(
+            ScenePrompt(
+                "counting",
+                f"a photo of {_NUMBER_WORDS[n]} {_PLURALS[k]}",
+                ({"class": k, "count": n},),
+                ({"class": k, "count": n + 1},),
+            )
+        )
+    if singles:
+        o = singles[int(rng.integers(len(singles)))]
+        options.append(
+            ScenePrompt(
+                "colors",
+                f"a photo of {_article(o.color)} {o.color} {o.class_name}",
+                ({"class": o.class_name, "count": 1, "color": o.color},),
+            )
+        )
+    if len(singles) >= 2:
+        i, j = (int(v) for v in rng.permutation(len(singles))[:2])
+        a, b = singles[i], singles[j]
+        held = sorted(geneval_relations(a.bbox, b.bbox, cfg.relation_margin))
+        if held:
+            rel = held[int(rng.integers(len(held)))]
+            options.append(
+                ScenePrompt(
+                    "position",
+                    f"a photo of {_article(a.class_name)} {a.class_name} {rel} "
+                    f"{_article(b.class_name)} {b.class_name}",
+                    (
+                        {"class": b.class_name, "count": 1},
+                        {"class": a.class_name, "count": 1, "position": [rel, 0]},
+                    ),
+                )
+            )
+        options.append(
+            ScenePrompt(
+                "color_attr",
+                f"a photo of {_article(a.color)} {a.color} {a.class_name} and "
+                f"{_article(b.color)} {b.color} {b.class_name}",
+                (
+                    {"class": a.class_name, "count": 1, "color": a.color},
+                    {"class": b.class_name, "count": 1, "color": b.color},
+                ),
+            )
+        )
+    return options[int(rng.integers(len(options)))]
+
+
+# --------------------------------------------------------------------------- writing a world
+
+
+@dataclass(frozen=True)
+class WorldSplitPaths:
+    """Where one split of a written world lies (all under the world root)."""
+
+    split: str
+    images: Path
+    instances: Path
+    semantic: Path
+    depth: Path
+    vqa: Path
+    t2i: Path
+    num_images: int
+
+
+@dataclass(frozen=True)
+class WorldPaths:
+    """A written world: its root, manifest, and the paths of its train and held-out eval splits."""
+
+    root: Path
+    manifest: Path
+    train: WorldSplitPaths
+    eval: WorldSplitPaths
+
+
+def _scene_seed(world_seed: int, split: str, index: int) -> int:
+    state = np.random.SeedSequence(world_seed, spawn_key=(_SPLIT_CODES[split], index))
+    return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _save_image(array: NDArray[Any], path: Path, cfg: SceneConfig | None = None) -> None:
+    from PIL import Image
+
+    img = Image.fromarray(array)
+    if cfg is not None and cfg.image_format == "jpeg":
+        img.save(path, format="JPEG", quality=cfg.jpeg_quality)
+    else:
+        img.save(path, format="PNG", compress_level=1)
+
+
+def _write_split(
+    root: Path, split: str, num_images: int, world_seed: int, cfg: SceneConfig
+) -> WorldSplitPaths:
+    ext = "jpg" if cfg.image_format == "jpeg" else "png"
+    images_dir = root / "images" / split
+    semantic_dir = root / "semantic" / split
+    depth_dir = root / "depth" / split
+    for d in (
+        images_dir,
+        semantic_dir,
+        depth_dir,
+        root / "annotations",
+        root / "vqa",
+        root / "t2i",
+    ):
+        d.mkdir(parents=True, exist_ok=True)
+    coco_images: list[dict[str, Any]] = []
+    coco_anns: list[dict[str, Any]] = []
+    vqa_path = root / "vqa" / f"{split}.jsonl"
+    t2i_path = root / "t2i" / f"{split}.jsonl"
+    with vqa_path.open("w", encoding="utf-8") as vqa, t2i_path.open("w", encoding="utf-8") as t2i:
+        for index in range(num_images):
+            seed = _scene_seed(world_seed, split, index)
+            scene = generate_scene(seed, cfg)
+            image_id = _IMAGE_ID_OFFSET[split] + index + 1
+            stem = f"{image_id:012d}"
+            image_rel = f"images/{split}/{stem}.{ext}"
+            _save_image(scene.image, root / image_rel, cfg)
+            _save_image(semantic_map(scene), semantic_dir / f"{stem}.png")
+            depth_mm = np.clip(np.rint(scene.depth_m * 1000.0), 0, 65535).astype(np.uint16)
+            _save_image(depth_mm, depth_dir / f"{stem}.png")
+            coco_images.append(
+                {
+                    "id": image_id,
+                    "file_name": f"{stem}.{ext}",
+                    "width": cfg.width,
+                    "height": cfg.height,
+                    "scene_seed": seed,
+                }
+            )
+            coco_anns += coco_annotations(scene, image_id, len(coco_anns) + 1)
+            for q, question in enumerate(scene_questions(scene, cfg)):
+                record = {
+                    "id": f"{stem}-q{q:02d}",
+                    "image": image_rel,
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{question.question}"},
+                        {"from": "gpt", "value": question.answer},
+                    ],
+                    "metadata": {
+                        "question_type": question.question_type,
+                        "image_id": image_id,
+                        **question.metadata,
+                    },
+                }
+                vqa.write(json.dumps(record) + "\n")
+            prompt = scene_prompt(scene, cfg)
+            if prompt is not None:
+                record = {"id": f"{stem}-t2i", "image": image_rel, **prompt.to_geneval()}
+                t2i.write(json.dumps(record) + "\n")
+    instances_path = root / "annotations" / f"instances_{split}.json"
+    coco = {
+        "info": {"description": f"SGT synthetic scene world, {split} split", "version": "1"},
+        "licenses": [],
+        "images": coco_images,
+        "annotations": coco_anns,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "shape"}
+            for i, name in enumerate(SCENE_CLASSES)
+        ],
+    }
+    instances_path.write_text(json.dumps(coco), encoding="utf-8")
+    _log.info("wrote %d %s scenes (%d instances) to %s", num_images, split, len(coco_anns), root)
+    return WorldSplitPaths(
+        split=split,
+        images=images_dir,
+        instances=instances_path,
+        semantic=semantic_dir,
+        depth=depth_dir,
+        vqa=vqa_path,
+        t2i=t2i_path,
+        num_images=num_images,
+    )
+
+
+def write_world(
+    root: str | Path,
+    *,
+    num_train: int = 1000,
+    num_eval: int = 200,
+    seed: int = 0,
+    config: SceneConfig | None = None,
+) -> WorldPaths:
+    """Write a train split and a held-out eval split (disjoint scene seeds) under ``root``.
+
+    Layout (mirrors COCO): ``images/<split>/``, ``annotations/instances_<split>.json``,
+    ``semantic/<split>/`` (COCO-Stuff style PNG), ``depth/<split>/`` (16-bit PNG, millimetres),
+    ``vqa/<split>.jsonl`` (LLaVA), ``t2i/<split>.jsonl`` (GenEval metadata + ``id``, ``image``),
+    and ``world.json`` (the config and seeds to regenerate it). Image paths in the JSONL files are
+    relative to ``root``.
+    """
+    if num_train < 0 or num_eval < 0:
+        raise SgtDataError(
+            f"{root}: split sizes must be >= 0, got train={num_train}, eval={num_eval}"
+        )
+    if seed < 0:
+        raise SgtDataError(f"{root}: world seed must be >= 0, got {seed}")
+    cfg = config or SceneConfig()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    train_seeds = {_scene_seed(seed, "train", i) for i in range(num_train)}
+    clash = train_seeds.intersection(_scene_seed(seed, "eval", i) for i in range(num_eval))
+    if clash:  # 63-bit seeds: never seen, but held-out must mean held out
+        raise SgtDataError(f"{root}: scene seeds {sorted(clash)} fall in both splits")
+    train = _write_split(root, "train", num_train, seed, cfg)
+    held_out = _write_split(root, "eval", num_eval, seed, cfg)
+    manifest = root / "world.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "generator": "sgt_data.scenes",
+                "seed": seed,
+                "splits": {"train": num_train, "eval": num_eval},
+                "config": cfg.model_dump(mode="json"),
+                "classes": list(SCENE_CLASSES),
+                "colors": {k: list(v) for k, v in SCENE_COLORS.items()},
+                "depth_png_unit": "millimetre",
+                "semantic_png": "category_id - 1, 255 = unlabeled",
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    return WorldPaths(root=root, manifest=manifest, train=train, eval=held_out)

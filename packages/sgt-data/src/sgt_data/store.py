@@ -1,0 +1,718 @@
+"""Sample stores on disk: a Zarr v3 group written batch by batch, and its reader.
+
+Layout (see the package README for the reasoning)::
+
+    STORE/
+      zarr.json              group; attributes["sgt"] = layout description (fields, columns, task bits)
+      index                  int64 (N, C): height, width, task bits, crc32, then per field offset, length
+      image                  uint8 flat: the source image files' bytes (JPEG/PNG, verbatim)
+      labels/<name>          flat label maps (row-major), e.g. labels/segments uint16, labels/edge uint8
+      meta                   uint8 flat: one UTF-8 JSON record per sample
+      manifest.json          the StoreManifest (written last; its presence marks a finished store)
+      _sgt_progress.json     the commit journal (committed items/samples, field extents, skipped)
+
+Every flat array is sharded; each batch of samples starts on a chunk boundary of every array, so a
+batch never re-encodes a committed chunk. A batch is committed by writing its data, then
+atomically replacing the journal; readers of an unfinished store see nothing, and a re-run resumes
+after the last committed batch, overwriting whatever an interrupted batch left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sgt_data.errors import StoreError
+from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, StoreManifest, TaskKind, Turn
+
+__all__ = [
+    "LAYOUT_VERSION",
+    "TASK_BITS",
+    "FieldSpec",
+    "label_field",
+    "SampleRecord",
+    "SampleStore",
+    "StoreWriter",
+    "verify_store",
+]
+
+_log = logging.getLogger(__name__)
+
+LAYOUT_VERSION: Final = 1
+MANIFEST_FILE: Final = "manifest.json"
+JOURNAL_FILE: Final = "_sgt_progress.json"
+
+#: bit of each (task, variant) in the ``tasks`` column of the index
+TASK_BITS: Final[dict[tuple[TaskKind, str | None], int]] = {
+    (TaskKind.SEGMENTATION, "instance"): 1 << 0,
+    (TaskKind.SEGMENTATION, "semantic"): 1 << 1,
+    (TaskKind.SEGMENTATION, "panoptic"): 1 << 2,
+    (TaskKind.EDGE, None): 1 << 3,
+    (TaskKind.DEPTH, None): 1 << 4,
+    (TaskKind.RECONSTRUCTION, None): 1 << 5,
+    (TaskKind.UNDERSTANDING, None): 1 << 6,
+    (TaskKind.TEXT_TO_IMAGE, None): 1 << 7,
+}
+_FIXED_COLUMNS: Final = ("height", "width", "tasks", "crc32")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One flat per-sample array: its path, dtype, chunk size (elements), zarr-level zstd level
+    (0: none) and shard size in chunks. With ``frame_dtype`` set, the array is uint8 and each
+    sample is one zstd frame of a row-major ``frame_dtype`` array (label maps)."""
+
+    path: str
+    dtype: str
+    chunk: int = 1 << 18
+    zstd_level: int = 1
+    chunks_per_shard: int = 64
+    frame_dtype: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "dtype": self.dtype,
+            "chunk": self.chunk,
+            "zstd_level": self.zstd_level,
+            "chunks_per_shard": self.chunks_per_shard,
+            "frame_dtype": self.frame_dtype,
+        }
+
+
+def label_field(path: str, dtype: str) -> FieldSpec:
+    """A label-map field: one zstd frame (level 3) per sample, 1 MiB chunks, 64 MiB shards."""
+    return FieldSpec(path, "uint8", chunk=1 << 20, zstd_level=0, chunks_per_shard=64, frame_dtype=dtype)
+
+
+_FRAME_LEVEL: Final = 3
+
+
+def _encode_frame(a: NDArray[Any], dtype: str) -> NDArray[np.uint8]:
+    from numcodecs import Zstd
+
+    raw = np.ascontiguousarray(a, dtype=dtype)
+    return np.frombuffer(Zstd(level=_FRAME_LEVEL).encode(raw), dtype=np.uint8)
+
+
+def _decode_frame(b: NDArray[np.uint8], dtype: str) -> NDArray[Any]:
+    from numcodecs import Zstd
+
+    return np.frombuffer(Zstd().decode(b.tobytes()), dtype=dtype)
+
+
+IMAGE_FIELD: Final = FieldSpec("image", "uint8", chunk=1 << 20, zstd_level=0, chunks_per_shard=64)
+META_FIELD: Final = FieldSpec("meta", "uint8", chunk=1 << 16, zstd_level=3, chunks_per_shard=256)
+
+
+@dataclass
+class SampleRecord:
+    """One converted sample, ready to be written: flat field arrays, a JSON record, its tasks."""
+
+    sample_id: str
+    height: int
+    width: int
+    tasks: frozenset[tuple[TaskKind, str | None]]
+    arrays: dict[str, NDArray[Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: label fields already hold their stored zstd frames (records read back from a store)
+    framed: bool = False
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _align(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _task_bits(tasks: frozenset[tuple[TaskKind, str | None]]) -> int:
+    bits = 0
+    for key in tasks:
+        if key not in TASK_BITS:
+            raise StoreError(f"unknown (task, variant) {key}; known: {sorted(map(str, TASK_BITS))}")
+        bits |= TASK_BITS[key]
+    return bits
+
+
+def _columns(fields: Sequence[FieldSpec]) -> list[str]:
+    cols = list(_FIXED_COLUMNS)
+    for f in fields:
+        cols += [f"{f.path}.offset", f"{f.path}.length"]
+    return cols
+
+
+def _zarr() -> Any:
+    import zarr
+
+    return zarr
+
+
+def _create_flat(group: Any, spec: FieldSpec) -> Any:
+    from zarr.codecs import ZstdCodec
+
+    compressors = ZstdCodec(level=spec.zstd_level) if spec.zstd_level > 0 else None
+    return group.create_array(
+        spec.path,
+        shape=(0,),
+        dtype=spec.dtype,
+        chunks=(spec.chunk,),
+        shards=(spec.chunk * spec.chunks_per_shard,),
+        compressors=compressors,
+        fill_value=0,
+        overwrite=True,
+    )
+
+
+def _array_digest(arr: Any) -> str:
+    """sha256 of an array's decoded contents in C order, read shard by shard."""
+    h = hashlib.sha256()
+    step = arr.shards[0] if arr.shards is not None else arr.chunks[0]
+    for s in range(0, arr.shape[0], step):
+        h.update(np.ascontiguousarray(arr[s : s + step]).tobytes())
+    return h.hexdigest()
+
+
+class StoreWriter:
+    """Writes a store batch by batch; re-opening an unfinished store with the same fingerprint resumes it."""
+
+    def __init__(self, path: Path, journal: dict[str, Any]) -> None:
+        self.path = path
+        self._journal = journal
+        self._fields = [FieldSpec(**f) for f in journal["fields"]]
+        self._columns = _columns(self._fields)
+        self._group = _zarr().open_group(str(path), mode="r+")
+        self._arrays = {f.path: self._group[f.path] for f in self._fields}
+        self._index = self._group["index"]
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        name: str,
+        fields: Sequence[FieldSpec],
+        batch_size: int,
+        fingerprint: Mapping[str, Any],
+        overwrite: bool = False,
+    ) -> StoreWriter:
+        """Create a store, or resume the unfinished one at ``path`` written with the same fingerprint."""
+        root = Path(path)
+        fields = [IMAGE_FIELD, META_FIELD, *[f for f in fields if f.path not in ("image", "meta")]]
+        fp = json.loads(json.dumps(dict(fingerprint), sort_keys=True))
+        journal_path = root / JOURNAL_FILE
+        if overwrite and root.exists():
+            shutil.rmtree(root)
+        if journal_path.exists():
+            journal = json.loads(journal_path.read_text(encoding="utf-8"))
+            if journal.get("fingerprint") != fp or journal.get("batch_size") != batch_size:
+                raise StoreError(
+                    f"{root}: the store was started with other inputs or options "
+                    f"({_fp_diff(journal.get('fingerprint', {}), fp)}); use another --out or --overwrite"
+                )
+            _remove_partials(root)
+            _log.info(
+                "resuming %s after %d items (%d samples)", root, journal["items_done"], journal["samples"]
+            )
+            return cls(root, journal)
+        if root.exists() and any(root.iterdir()):
+            if (root / MANIFEST_FILE).exists() or (root / "zarr.json").exists():
+                raise StoreError(
+                    f"{root}: exists and is not an unfinished conversion of these inputs; "
+                    "use another --out or --overwrite"
+                )
+            raise StoreError(f"{root}: directory is not empty")
+        zarr = _zarr()
+        group = zarr.open_group(str(root), mode="w")
+        for spec in fields:
+            _create_flat(group, spec)
+        cols = _columns(fields)
+        group.create_array(
+            "index",
+            shape=(0, len(cols)),
+            dtype="int64",
+            chunks=(batch_size, len(cols)),
+            shards=(batch_size * 64, len(cols)),
+            fill_value=0,
+            overwrite=True,
+        )
+        group.attrs["sgt"] = {
+            "layout_version": LAYOUT_VERSION,
+            "name": name,
+            "complete": False,
+            "index_columns": cols,
+            "fields": [f.as_json() for f in fields],
+            "task_bits": {f"{t.value}/{v or ''}": b for (t, v), b in TASK_BITS.items()},
+        }
+        journal = {
+            "name": name,
+            "fingerprint": fp,
+            "batch_size": batch_size,
+            "fields": [f.as_json() for f in fields],
+            "items_done": 0,
+            "samples": 0,
+            "extent": {f.path: 0 for f in fields},
+            "skipped": [],
+            "task_counts": {},
+            "finished": False,
+        }
+        _atomic_write_text(journal_path, json.dumps(journal))
+        return cls(root, journal)
+
+    @property
+    def items_done(self) -> int:
+        """Input items consumed by committed batches (converted or skipped)."""
+        return int(self._journal["items_done"])
+
+    @property
+    def num_samples(self) -> int:
+        """Samples committed so far."""
+        return int(self._journal["samples"])
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` has completed."""
+        return bool(self._journal["finished"])
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per committed batch (the last may hold fewer)."""
+        return int(self._journal["batch_size"])
+
+    def write_batch(
+        self, records: Sequence[SampleRecord], items_consumed: int, skipped: Sequence[SkippedItem] = ()
+    ) -> None:
+        """Write ``records`` after the committed samples, then commit them with the items they consumed."""
+        if self.finished:
+            raise StoreError(f"{self.path}: store is finished; cannot add samples")
+        j = self._journal
+        n0 = int(j["samples"])
+        n = len(records)
+        rows = np.zeros((n, len(self._columns)), dtype=np.int64)
+        metas = [
+            np.frombuffer(
+                json.dumps({"id": r.sample_id, **r.meta}, sort_keys=True).encode("utf-8"), dtype=np.uint8
+            )
+            for r in records
+        ]
+        for i, r in enumerate(records):
+            rows[i, 0:3] = (r.height, r.width, _task_bits(r.tasks))
+        crc = np.zeros(n, dtype=np.int64)
+        extent = dict(j["extent"])
+        for fi, spec in enumerate(self._fields):
+            parts: list[NDArray[Any]] = []
+            start = _align(int(extent[spec.path]), spec.chunk)
+            pos = start
+            for i, r in enumerate(records):
+                a = metas[i] if spec.path == "meta" else r.arrays.get(spec.path)
+                if a is None or a.size == 0:
+                    continue
+                if spec.frame_dtype is not None and not (a.dtype == np.uint8 and a.ndim == 1 and r.framed):
+                    a = _encode_frame(a, spec.frame_dtype)
+                flat = np.ascontiguousarray(a, dtype=spec.dtype).reshape(-1)
+                rows[i, 4 + 2 * fi] = pos
+                rows[i, 5 + 2 * fi] = flat.size
+                crc[i] = zlib.crc32(flat.tobytes(), int(crc[i]))
+                parts.append(flat)
+                pos += flat.size
+            if not parts:
+                continue
+            arr = self._arrays[spec.path]
+            if arr.shape[0] < pos:
+                arr.resize((pos,))
+            arr[start:pos] = np.concatenate(parts)
+            extent[spec.path] = pos
+        rows[:, 3] = crc
+        if n:
+            if self._index.shape[0] < n0 + n:
+                self._index.resize((n0 + n, len(self._columns)))
+            self._index[n0 : n0 + n] = rows
+        counts = dict(j["task_counts"])
+        for r in records:
+            for t in {t for t, _ in r.tasks}:
+                counts[t.value] = counts.get(t.value, 0) + 1
+        j.update(
+            items_done=int(items_consumed),
+            samples=n0 + n,
+            extent=extent,
+            task_counts=counts,
+            skipped=[*j["skipped"], *[s.model_dump() for s in skipped]],
+        )
+        _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j))
+
+    def finish(
+        self,
+        *,
+        created_by: str,
+        sources: Sequence[SourceSpec],
+        renderers: Sequence[RendererSpec],
+        palette_seed: int,
+        extra_skipped: Sequence[SkippedItem] = (),
+    ) -> StoreManifest:
+        """Trim the arrays to what was committed, checksum them and write the manifest
+        (``extra_skipped``: items left out before conversion, e.g. duplicate ids)."""
+        j = self._journal
+        n = int(j["samples"])
+        if self._index.shape[0] != n:
+            self._index.resize((n, len(self._columns)))
+        for spec in self._fields:
+            arr = self._arrays[spec.path]
+            if arr.shape[0] != int(j["extent"][spec.path]):
+                arr.resize((int(j["extent"][spec.path]),))
+        digests = {"index": _array_digest(self._index)}
+        for spec in self._fields:
+            digests[spec.path] = _array_digest(self._arrays[spec.path])
+        manifest = StoreManifest(
+            created_by=created_by,
+            name=str(j["name"]),
+            sources=tuple(sources),
+            num_samples=n,
+            task_counts={TaskKind(k): v for k, v in sorted(j["task_counts"].items())},
+            renderers=tuple(renderers),
+            palette_seed=palette_seed,
+            arrays=digests,
+            skipped=(*extra_skipped, *(SkippedItem(**s) for s in j["skipped"])),
+        )
+        attrs = dict(self._group.attrs["sgt"])
+        attrs["complete"] = True
+        self._group.attrs["sgt"] = attrs
+        _atomic_write_text(self.path / MANIFEST_FILE, manifest.model_dump_json(indent=2))
+        j["finished"] = True
+        _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j))
+        return manifest
+
+
+def _fp_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "batch size"
+
+
+def _remove_partials(root: Path) -> None:
+    """Delete temporary files an interrupted writer left (zarr's ``*.partial``, our ``.*.tmp``)."""
+    for p in root.rglob("*"):
+        if p.is_file() and (p.name.endswith(".partial") or (p.name.startswith(".") and p.name.endswith(".tmp"))):
+            p.unlink(missing_ok=True)
+
+
+class SampleStore:
+    """Read-only access to a finished store (implements ``sgt_data.datasets.StoreReader``).
+
+    Zarr arrays are opened lazily and re-opened after a fork, so one instance can be shared with
+    forked DataLoader workers.
+    """
+
+    def __init__(self, path: Path, manifest: StoreManifest, layout: Mapping[str, Any]) -> None:
+        self.path = path
+        self._manifest = manifest
+        self._fields = [FieldSpec(**f) for f in layout["fields"]]
+        self._field = {f.path: f for f in self._fields}
+        self._columns: list[str] = list(layout["index_columns"])
+        self._col = {c: i for i, c in enumerate(self._columns)}
+        self._pid = -1
+        self._arrays: dict[str, Any] = {}
+        index = _zarr().open_array(str(path / "index"), mode="r")
+        self._index: NDArray[np.int64] = np.asarray(index[:], dtype=np.int64)
+        if len(self._index) != manifest.num_samples:
+            raise StoreError(
+                f"{path}: index holds {len(self._index)} samples, manifest says {manifest.num_samples}"
+            )
+        self._renderers: dict[str, Any] = {}
+        self._specs = {r.name: r for r in manifest.renderers}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SampleStore:
+        """Open a finished store read-only."""
+        root = Path(path)
+        mpath = root / MANIFEST_FILE
+        if not mpath.exists():
+            journal = root / JOURNAL_FILE
+            if journal.exists():
+                j = json.loads(journal.read_text(encoding="utf-8"))
+                raise StoreError(
+                    f"{root}: conversion not finished ({j.get('samples', 0)} samples committed); "
+                    "re-run the same conversion to resume it"
+                )
+            raise StoreError(f"{root}: not a sample store (no {MANIFEST_FILE})")
+        try:
+            manifest = StoreManifest.model_validate_json(mpath.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise StoreError(f"{mpath}: invalid manifest: {exc}") from exc
+        try:
+            group_meta = json.loads((root / "zarr.json").read_text(encoding="utf-8"))
+            layout = group_meta["attributes"]["sgt"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise StoreError(f"{root}: zarr.json lacks the sgt layout attributes: {exc}") from exc
+        if layout.get("layout_version") != LAYOUT_VERSION:
+            raise StoreError(f"{root}: layout version {layout.get('layout_version')} != {LAYOUT_VERSION}")
+        return cls(root, manifest, layout)
+
+    # -- protocol -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The manifest name."""
+        return self._manifest.name
+
+    @property
+    def manifest(self) -> StoreManifest:
+        """The store manifest."""
+        return self._manifest
+
+    def __len__(self) -> int:
+        return int(self._manifest.num_samples)
+
+    def _check(self, index: int) -> int:
+        i = int(index)
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.path}: sample index {index} out of range 0..{len(self) - 1}")
+        return i
+
+    def _array(self, path: str) -> Any:
+        pid = os.getpid()
+        if pid != self._pid:  # first use in this process (or after a fork): open afresh
+            self._arrays = {}
+            self._pid = pid
+        arr = self._arrays.get(path)
+        if arr is None:
+            arr = _zarr().open_array(str(self.path / path), mode="r")
+            self._arrays[path] = arr
+        return arr
+
+    def _raw(self, index: int, path: str) -> NDArray[Any] | None:
+        i = self._check(index)
+        off = int(self._index[i, self._col[f"{path}.offset"]])
+        n = int(self._index[i, self._col[f"{path}.length"]])
+        if n == 0:
+            return None
+        return np.asarray(self._array(path)[off : off + n])
+
+    def _meta(self, index: int) -> dict[str, Any]:
+        raw = self._raw(index, "meta")
+        if raw is None:
+            raise StoreError(f"{self.path}: sample {index} has no metadata record")
+        out: dict[str, Any] = json.loads(raw.tobytes().decode("utf-8"))
+        return out
+
+    def sample_id(self, index: int) -> str:
+        """Globally unique id of a sample."""
+        return str(self._meta(index)["id"])
+
+    def tasks(self, index: int) -> frozenset[tuple[TaskKind, str | None]]:
+        """(task, variant) pairs available for a sample."""
+        bits = int(self._index[self._check(index), 2])
+        return frozenset(k for k, b in TASK_BITS.items() if bits & b)
+
+    def indices_with(self, task: TaskKind, variant: str | None = None) -> NDArray[np.int64]:
+        """Sorted indices of the samples that have this (task, variant)."""
+        bit = TASK_BITS.get((TaskKind(task), variant))
+        if bit is None:
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero(self._index[:, 2] & bit).astype(np.int64)
+
+    def image_shape(self, index: int) -> tuple[int, int]:
+        """(height, width) of a sample's image and targets."""
+        i = self._check(index)
+        return int(self._index[i, 0]), int(self._index[i, 1])
+
+    def read_image(self, index: int) -> NDArray[np.uint8]:
+        """The input image, HxWx3 uint8 RGB."""
+        raw = self._raw(index, "image")
+        if raw is None:
+            raise KeyError(f"{self.path}: sample {index} has no image")
+        from PIL import Image
+
+        with Image.open(io.BytesIO(raw.tobytes())) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        if rgb.shape[:2] != self.image_shape(index):
+            raise StoreError(
+                f"{self.path}: sample {index} image is {rgb.shape[:2]}, index says {self.image_shape(index)}"
+            )
+        return rgb
+
+    def read_labels(self, index: int, name: str) -> NDArray[Any]:
+        """A stored label map (``segments``, ``classes``, ``edge``, ``depth``), HxW."""
+        path = f"labels/{name}"
+        raw = self._raw(index, path)
+        if raw is None:
+            raise KeyError(f"{self.path}: sample {index} has no label map {name!r}")
+        spec = self._field[path]
+        if spec.frame_dtype is not None:
+            raw = _decode_frame(raw, spec.frame_dtype)
+        return raw.reshape(self.image_shape(index))
+
+    def _renderer(self, name: str) -> Any:
+        r = self._renderers.get(name)
+        if r is None:
+            from sgt_data.render import renderer_from_spec
+
+            spec = self._specs.get(name)
+            if spec is None:
+                raise StoreError(f"{self.path}: manifest records no {name!r} renderer")
+            r = renderer_from_spec(spec)
+            self._renderers[name] = r
+        return r
+
+    def read_label_map(self, index: int, task: TaskKind, variant: str | None = None) -> NDArray[Any]:
+        """The label map a target is drawn from (instance/panoptic: segment ids; semantic: class
+        ids; edge: 0/1; depth: levels)."""
+        key = (TaskKind(task), variant)
+        if key not in self.tasks(index):
+            raise KeyError(f"{self.path}: sample {index} has no {task} target (variant {variant!r})")
+        if key[0] is TaskKind.EDGE:
+            return self.read_labels(index, "edge")
+        if key[0] is TaskKind.DEPTH:
+            return self.read_labels(index, "depth")
+        if key[0] is not TaskKind.SEGMENTATION:
+            raise KeyError(f"{self.path}: {task} targets have no label map")
+        if variant == "semantic" and self._has(index, "labels/classes"):
+            return self.read_labels(index, "classes")
+        seg = self.read_labels(index, "segments")
+        cats, thing = self._segments(index)
+        if variant == "semantic":
+            return np.concatenate([[0], cats]).astype(np.uint16)[seg]
+        if variant == "instance" and not thing.all():
+            # things only, renumbered 1..K in segment order
+            keep = np.concatenate([[0], np.cumsum(thing) * thing]).astype(np.uint16)
+            return keep[seg]
+        return seg
+
+    def _has(self, index: int, path: str) -> bool:
+        col = self._col.get(f"{path}.length")
+        return col is not None and int(self._index[self._check(index), col]) > 0
+
+    def _segments(self, index: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        seg = self._meta(index).get("segments", {})
+        cats = np.asarray(seg.get("category", []), dtype=np.int64)
+        thing = np.asarray(seg.get("isthing", [True] * len(cats)), dtype=bool)
+        return cats, thing
+
+    def read_target(self, index: int, task: TaskKind, variant: str | None = None) -> NDArray[np.uint8]:
+        """The rendered target, HxWx3 uint8; KeyError naming index and task if the sample lacks it."""
+        task = TaskKind(task)
+        if (task, variant) not in self.tasks(index):
+            raise KeyError(f"{self.path}: sample {index} has no {task.value} target (variant {variant!r})")
+        if task is TaskKind.RECONSTRUCTION:
+            return self.read_image(index)
+        if task is TaskKind.EDGE:
+            out: NDArray[np.uint8] = self._renderer("edge").render(self.read_labels(index, "edge"))
+            return out
+        if task is TaskKind.DEPTH:
+            out = self._renderer("depth").render(self.read_labels(index, "depth"))
+            return out
+        if task is not TaskKind.SEGMENTATION or variant is None:
+            raise KeyError(f"{self.path}: {task.value} has no rendered target")
+        labels = self.read_label_map(index, task, variant)
+        if variant == "panoptic":
+            cats, thing = self._segments(index)
+            out = self._renderer("panoptic").render(labels, cats, thing)
+            return out
+        out = self._renderer(variant).render(labels)
+        return out
+
+    def read_conversation(self, index: int) -> tuple[Turn, ...]:
+        """The VQA turns of a sample (user/assistant alternating); () if none."""
+        return tuple(Turn(**t) for t in self._meta(index).get("conversation", []))
+
+    def read_metadata(self, index: int) -> dict[str, str | int | float | bool]:
+        """Per-sample scalar metadata (source id, file, size, caption...)."""
+        meta = self._meta(index).get("metadata", {})
+        return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+
+    def read_record(self, index: int) -> tuple[SampleRecord, dict[str, Any]]:
+        """The sample as stored (raw field arrays and JSON record), for merging stores."""
+        meta = self._meta(index)
+        arrays: dict[str, NDArray[Any]] = {}
+        for spec in self._fields:
+            if spec.path == "meta":
+                continue
+            raw = self._raw(index, spec.path)
+            if raw is not None:
+                arrays[spec.path] = raw
+        h, w = self.image_shape(index)
+        sid = str(meta.pop("id"))
+        return SampleRecord(sid, h, w, self.tasks(index), arrays, meta, framed=True), meta
+
+    @property
+    def fields(self) -> list[FieldSpec]:
+        """The flat arrays of the store."""
+        return list(self._fields)
+
+
+def verify_store(path: str | os.PathLike[str]) -> list[str]:
+    """Check a store against its manifest; returns the problems found (empty when it is sound)."""
+    root = Path(path)
+    try:
+        store = SampleStore.open(root)
+    except StoreError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    m = store.manifest
+    zarr = _zarr()
+    arrays: dict[str, Any] = {}
+    for name in ["index", *[f.path for f in store.fields]]:
+        try:
+            arrays[name] = zarr.open_array(str(root / name), mode="r")
+        except Exception as exc:  # a missing or unreadable array is a finding, not a crash
+            problems.append(f"array {name!r}: cannot be opened: {exc}")
+    for name, digest in sorted(m.arrays.items()):
+        if name not in arrays:
+            if not any(p.startswith(f"array {name!r}") for p in problems):
+                problems.append(f"array {name!r}: listed in the manifest but missing from the store")
+            continue
+        try:
+            actual = _array_digest(arrays[name])
+        except Exception as exc:
+            problems.append(f"array {name!r}: cannot be read: {exc}")
+            continue
+        if actual != digest:
+            problems.append(f"array {name!r}: sha256 {actual[:16]}... != manifest {digest[:16]}...")
+    extra = sorted(set(arrays) - set(m.arrays))
+    problems += [f"array {name!r}: not listed in the manifest" for name in extra]
+    index = store._index
+    counts: dict[TaskKind, int] = {}
+    for bits in index[:, 2].tolist():
+        for t in {t for (t, _), b in TASK_BITS.items() if bits & b}:
+            counts[t] = counts.get(t, 0) + 1
+    if counts != {k: v for k, v in m.task_counts.items() if v}:
+        problems.append(f"task counts {counts} != manifest {dict(m.task_counts)}")
+    bad_samples: list[str] = []
+    for i in range(len(store)):
+        crc = 0
+        try:
+            for f in store.fields:
+                raw = store._raw(i, f.path)
+                if raw is None:
+                    continue
+                crc = zlib.crc32(np.ascontiguousarray(raw).tobytes(), crc)
+                if f.frame_dtype is not None:
+                    n = _decode_frame(raw, f.frame_dtype).size
+                    h, w = store.image_shape(i)
+                    if n != h * w:
+                        bad_samples.append(f"sample {i}: {f.path} holds {n} values, image is {h}x{w}")
+        except Exception as exc:
+            bad_samples.append(f"sample {i}: unreadable: {exc}")
+            continue
+        if crc != int(index[i, 3]):
+            try:
+                sid = store.sample_id(i)
+            except Exception:
+                sid = "?"
+            bad_samples.append(f"sample {i} ({sid}): content crc32 does not match the index")
+    problems += bad_samples[:20]
+    if len(bad_samples) > 20:
+        problems.append(f"... and {len(bad_samples) - 20} more damaged samples")
+    return problems

@@ -1,0 +1,167 @@
+"""The store: SIGKILL at random points and resume gives the checksums of an uninterrupted run;
+committed samples are never damaged; verify names what is wrong; plain zarr can read it; readers
+work in forked workers."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
+from sgt_data.convert.example import write_voc_coco
+from sgt_data.errors import StoreError
+from sgt_data.schema import TaskKind
+from sgt_data.store import JOURNAL_FILE, SampleStore, verify_store
+
+_SCRIPT = """
+import sys
+from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
+ann, images, out = sys.argv[1:4]
+run_conversion(CocoInstancesConverter(ann, images, ConvertOptions(name="k", edge=True)), out, batch_size=2)
+"""
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_voc_coco(tmp_path_factory.mktemp("src"), n_images=14, size=(150, 200))
+
+
+@pytest.fixture(scope="module")
+def reference(source: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "store"
+    run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True)), out, batch_size=2)
+    return out
+
+
+def _journal(out: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((out / JOURNAL_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _start(source: tuple[Path, Path], out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, str(source[0]), str(source[1]), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_sigkill_and_resume_gives_identical_checksums(
+    source: tuple[Path, Path], reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "store"
+    ref_index = np.asarray(zarr.open_array(str(reference / "index"), mode="r")[:])
+    rng = random.Random(1234)
+    killed = 0
+    # kill once a given number of items is committed, plus a random delay (mid-batch, mid-write)
+    for target in (2, 7, 12):
+        proc = _start(source, out)
+        deadline = time.monotonic() + 60
+        while _journal(out).get("items_done", 0) < target and proc.poll() is None:
+            assert time.monotonic() < deadline, "conversion subprocess made no progress"
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        j = _journal(out)
+        if not j.get("finished"):
+            with pytest.raises(StoreError, match="conversion not finished"):
+                SampleStore.open(out)
+        # every committed sample is intact, whatever the kill interrupted
+        n = int(j["samples"])
+        index = zarr.open_array(str(out / "index"), mode="r")
+        np.testing.assert_array_equal(np.asarray(index[:n]), ref_index[:n])
+    assert killed >= 2, "the kills must interrupt the conversion"
+    proc = _start(source, out)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    ref = SampleStore.open(reference).manifest
+    got = SampleStore.open(out).manifest
+    assert got.arrays == ref.arrays
+    assert got.num_samples == ref.num_samples == 14
+    assert verify_store(out) == []
+    assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+
+
+def test_resume_refuses_other_options(source: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k")), out, batch_size=2)
+    with pytest.raises(StoreError, match=r"other inputs or options \(edge"):
+        run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True)), out, batch_size=2)
+    again = run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k")), out, batch_size=2)
+    assert again == SampleStore.open(out).manifest  # a finished store is left as it is
+
+
+def test_verify_names_what_is_wrong(reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    shutil.copytree(reference, store)
+    assert verify_store(store) == []
+    # damage one shard of the label maps: its array checksum and the samples in it are named
+    shard = next(p for p in sorted((store / "labels" / "segments" / "c").iterdir()) if p.is_file())
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    problems = verify_store(store)
+    assert any(p.startswith("array 'labels/segments'") for p in problems), problems
+    assert any(p.startswith("sample ") for p in problems), problems
+    # a missing array
+    shutil.rmtree(store / "labels" / "edge")
+    assert any("array 'labels/edge'" in p for p in verify_store(store))
+    # a manifest that lies about the sample count
+    m = json.loads((store / "manifest.json").read_text())
+    m["num_samples"] = 99
+    (store / "manifest.json").write_text(json.dumps(m))
+    assert "manifest says 99" in verify_store(store)[0]
+
+
+def test_plain_zarr_can_read_the_store(reference: Path) -> None:
+    g = zarr.open_group(str(reference), mode="r")
+    layout = g.attrs["sgt"]
+    assert layout["complete"] is True
+    cols = {c: i for i, c in enumerate(layout["index_columns"])}
+    row = np.asarray(g["index"][3])
+    h, w = int(row[cols["height"]]), int(row[cols["width"]])
+    off, n = int(row[cols["image.offset"]]), int(row[cols["image.length"]])
+    img = np.asarray(Image.open(io.BytesIO(np.asarray(g["image"][off : off + n]).tobytes())).convert("RGB"))
+    off, n = int(row[cols["labels/segments.offset"]]), int(row[cols["labels/segments.length"]])
+    labels = np.asarray(g["labels/segments"][off : off + n]).reshape(h, w)
+    s = SampleStore.open(reference)
+    np.testing.assert_array_equal(img, s.read_image(3))
+    np.testing.assert_array_equal(labels, s.read_label_map(3, TaskKind.SEGMENTATION, "instance"))
+    bit = layout["task_bits"]["edge/"]
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(g["index"][:, cols["tasks"]]) & bit), s.indices_with(TaskKind.EDGE))
+    assert g["labels/segments"].shards is not None, "flat arrays are sharded"
+
+
+def _read_in_worker(args: tuple[SampleStore, int]) -> tuple[str, int]:
+    store, i = args
+    return store.sample_id(i), int(store.read_target(i, TaskKind.SEGMENTATION, "instance").sum())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_reader_works_in_forked_workers(reference: Path) -> None:
+    store = SampleStore.open(reference)
+    expected = [_read_in_worker((store, i)) for i in range(len(store))]  # parent uses zarr first
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(_read_in_worker, [(store, i) for i in range(len(store))])
+    assert got == expected
+    assert os.getpid() == store._pid

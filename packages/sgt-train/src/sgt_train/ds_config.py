@@ -1,0 +1,174 @@
+"""Everything DeepSpeed: the JSON derived from a ``RunConfig``, process-group and engine set-up,
+ZeRO parameter gathering and fp32 consolidation. The only module of sgt-train that imports
+``deepspeed`` (lazily, so reading configs stays cheap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sgt_train.config import RunConfig
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "build_ds_config",
+    "consolidated_state_dict",
+    "device_name",
+    "gathered_parameters",
+    "init_distributed",
+    "initialize_engine",
+    "merge_raw",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Never let DeepSpeed print its own step log; the trainer logs.
+_QUIET_STEPS = 2**31 - 1
+
+
+def merge_raw(base: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``raw`` DeepSpeed keys over ``base``: mappings merge, anything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in raw.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_raw(current, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def build_ds_config(config: RunConfig, world_size: int = 1) -> dict[str, Any]:
+    """The DeepSpeed JSON of a run, with ``config.deepspeed`` merged over it.
+
+    The optimizer is AdamW; without CPU offload it is ``torch.optim.AdamW`` (``torch_adam``), so
+    no op is JIT-compiled. CPU offload needs DeepSpeed's compiled ``cpu_adam``.
+    """
+    opt = config.optimizer
+    zero: dict[str, Any] = {"stage": config.zero.stage}
+    if config.zero.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if config.zero.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    optimizer_params: dict[str, Any] = {
+        "lr": opt.lr,
+        "betas": list(opt.betas),
+        "eps": opt.eps,
+        "weight_decay": opt.weight_decay,
+    }
+    if not config.zero.offload_optimizer:
+        optimizer_params["torch_adam"] = True
+    derived: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": config.micro_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation,
+        "train_batch_size": config.micro_batch_size * config.gradient_accumulation * world_size,
+        "gradient_clipping": config.grad_clip if config.grad_clip is not None else 0.0,
+        "bf16": {"enabled": config.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        "optimizer": {"type": "AdamW", "params": optimizer_params},
+        "steps_per_print": _QUIET_STEPS,
+        "wall_clock_breakdown": False,
+    }
+    return merge_raw(derived, config.deepspeed)
+
+
+def _skip_shm_op() -> None:
+    # The shm all-reduce op serves tensor-parallel inference only; without this DeepSpeed
+    # JIT-compiles it (25-90 s) on every CPU start. Relies on a module global of deepspeed 0.19.
+    import deepspeed.ops as ds_ops
+
+    ds_ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
+
+
+def init_distributed() -> None:
+    """Join (or create) the process group from the launcher's environment variables."""
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    _skip_shm_op()
+    if dist.is_available() and dist.is_initialized():
+        return
+    missing = [
+        v for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        if v not in os.environ
+    ]
+    if missing:
+        raise RuntimeError(
+            f"launcher variables {missing} are not set; run under torchrun/deepspeed or call "
+            "sgt_train.launch.set_single_process_env() first"
+        )
+    backend = get_accelerator().communication_backend_name()
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    _log.info(
+        "process group: backend %s, rank %d of %d", backend, dist.get_rank(), dist.get_world_size()
+    )
+
+
+def device_name() -> str:
+    """The device this rank trains on (``cpu`` or ``cuda:N``)."""
+    from deepspeed.accelerator import get_accelerator
+
+    name: str = get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0")))
+    return name
+
+
+def initialize_engine(
+    model: torch.nn.Module,
+    parameter_groups: Sequence[dict[str, Any]],
+    ds_config: dict[str, Any],
+    scheduler_factory: Callable[[torch.optim.Optimizer], Any] | None = None,
+) -> Any:
+    """Wrap ``model`` in a DeepSpeed engine (optimizer and LR scheduler included)."""
+    import deepspeed
+
+    init_distributed()
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=list(parameter_groups),
+        lr_scheduler=scheduler_factory,
+        config=ds_config,
+        dist_init_required=False,
+    )
+    return engine
+
+
+@contextlib.contextmanager
+def gathered_parameters(params: Sequence[torch.nn.Parameter], enabled: bool) -> Iterator[None]:
+    """Full (un-partitioned) parameters inside the block under ZeRO-3; a no-op otherwise."""
+    if not enabled:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
+        yield
+
+
+def consolidated_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, Any]:
+    """The full fp32 model state dict stored in a DeepSpeed checkpoint, without a process group.
+
+    ZeRO 1-3 rebuild fp32 weights from the optimizer shards; stage 0 reads the module states.
+    """
+    import torch
+
+    if zero_stage == 0:
+        path = checkpoint_dir / tag / "mp_rank_00_model_states.pt"
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        module: dict[str, Any] = state["module"]
+        return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in module.items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    result: dict[str, Any] = get_fp32_state_dict_from_zero_checkpoint(
+        str(checkpoint_dir), tag=tag
+    )
+    return result

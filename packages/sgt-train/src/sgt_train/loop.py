@@ -1,0 +1,471 @@
+"""The training loop: task-routed micro-batches -> DeepSpeed engine -> EMA, metrics, checkpoints.
+
+Readable top to bottom in :func:`fit`. One optimizer step consumes ``gradient_accumulation``
+micro-batches per rank; each micro-batch comes from the mixer (one task per micro-batch in the
+recipe's interleave mode), is collated by the adapter and trained through the engine, which
+accumulates, clips and steps. Loss parts are logged per task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from sgt_data import Sample, TaskKind
+from sgt_train import ds_config
+from sgt_train.checkpoint import CheckpointManager, CheckpointState
+from sgt_train.config import RunConfig
+from sgt_train.ema import EMA
+from sgt_train.launch import set_single_process_env
+from sgt_train.schedule import make_scheduler
+
+__all__ = [
+    "RUN_CONFIG_FILE",
+    "FitResult",
+    "Hooks",
+    "MicroBatchSource",
+    "StepMetrics",
+    "fit",
+    "run_dir_of",
+]
+
+_log = logging.getLogger(__name__)
+
+#: The resolved run config, written into the run folder at the start of ``fit``.
+RUN_CONFIG_FILE = "run_config.yaml"
+_PARTS = ("ce", "mse")
+_TASKS = tuple(t.value for t in TaskKind)
+
+
+@runtime_checkable
+class MicroBatchSource(Protocol):
+    """An endless, resumable stream of this rank's micro-batches.
+
+    Items are lists of samples (the loop collates them with the adapter) or batches the source
+    already collated. ``state_dict()`` describes the position after the last item yielded.
+    """
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one optimizer step reports (averaged over its micro-batches and all ranks)."""
+
+    step: int
+    total_steps: int
+    loss: float
+    parts: dict[str, float]
+    per_task: dict[str, dict[str, float]]
+    lr: float
+    grad_norm: float | None
+    samples: int
+    samples_per_s: float
+    elapsed_s: float
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat JSON-ready row."""
+        row: dict[str, Any] = {
+            "step": self.step,
+            "loss": self.loss,
+            **self.parts,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "samples": self.samples,
+            "samples_per_s": self.samples_per_s,
+            "elapsed_s": self.elapsed_s,
+        }
+        for task, parts in self.per_task.items():
+            for part, value in parts.items():
+                row[f"{task}/{part}"] = value
+        return row
+
+
+@dataclass
+class Hooks:
+    """Optional callbacks of a run (the CLI draws its progress bar from ``on_step``)."""
+
+    on_step: list[Callable[[StepMetrics], None]] = field(default_factory=list)
+    on_checkpoint_staged: Callable[[Path], None] | None = None
+    on_start: list[Callable[[int, int], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """How a run ended."""
+
+    run_dir: Path
+    model: torch.nn.Module
+    start_step: int
+    final_step: int
+    losses: list[float]
+    preempted: bool
+    last_checkpoint: Path | None
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    """The folder of a run: ``output_dir/name``."""
+    return Path(config.output_dir) / config.name
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag checked after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        _log.warning("received signal %d: checkpointing after this step", signum)
+        self.requested = True
+
+    def __enter__(self) -> _Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _build_model(config: RunConfig) -> torch.nn.Module:
+    from sgt_models import registry  # type: ignore[attr-defined,unused-ignore]
+
+    if config.init_from:
+        model: torch.nn.Module = registry.load_adapter(config.init_from)
+    else:
+        model = registry.build_adapter(config.model)
+    return model
+
+
+def _build_source(
+    config: RunConfig, rank: int, world_size: int, model: torch.nn.Module
+) -> MicroBatchSource:
+    from sgt_train.data import build_source
+
+    return build_source(config, rank, world_size, collate=getattr(model, "collate", None))
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters after its freeze policy")
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+class _StepStats:
+    """Sums over the micro-batches of one step, reduced across ranks as one flat tensor."""
+
+    def __init__(self) -> None:
+        self.values = torch.zeros(3 + 2 * len(_PARTS) + 2 * len(_TASKS) * len(_PARTS), dtype=torch.float64)
+
+    def add(self, total: float, parts: Mapping[str, float], per_task: Mapping[str, Mapping[str, float]], samples: int) -> None:
+        v = self.values
+        v[0] += total
+        v[1] += 1
+        v[2] += samples
+        for i, part in enumerate(_PARTS):
+            if part in parts:
+                v[3 + 2 * i] += parts[part]
+                v[4 + 2 * i] += 1
+        base = 3 + 2 * len(_PARTS)
+        for ti, task in enumerate(_TASKS):
+            for pi, part in enumerate(_PARTS):
+                value = per_task.get(task, {}).get(part)
+                if value is not None:
+                    j = base + 2 * (ti * len(_PARTS) + pi)
+                    v[j] += value
+                    v[j + 1] += 1
+
+    def reduce(self, world_size: int) -> tuple[float, dict[str, float], dict[str, dict[str, float]], int]:
+        v = self.values
+        if world_size > 1:
+            dist.all_reduce(v)
+        loss = float(v[0] / v[1])
+        parts = {p: float(v[3 + 2 * i] / v[4 + 2 * i]) for i, p in enumerate(_PARTS) if v[4 + 2 * i] > 0}
+        base = 3 + 2 * len(_PARTS)
+        per_task: dict[str, dict[str, float]] = {}
+        for ti, task in enumerate(_TASKS):
+            for pi, part in enumerate(_PARTS):
+                j = base + 2 * (ti * len(_PARTS) + pi)
+                if v[j + 1] > 0:
+                    per_task.setdefault(task, {})[part] = float(v[j] / v[j + 1])
+        return loss, parts, per_task, int(v[2])
+
+
+class _MetricSinks:
+    """Rank-0 JSONL and TensorBoard writers."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, start_step: int, active: bool) -> None:
+        self.active = active
+        self.jsonl = run_dir / "metrics.jsonl"
+        self._tb: Any = None
+        if not active:
+            return
+        _truncate_jsonl(self.jsonl, start_step)
+        if config.logging.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise RuntimeError(
+                    "logging.tensorboard is true but tensorboard is not installed: "
+                    "pip install 'sgt-train[tensorboard]' or set logging.tensorboard=false"
+                ) from exc
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, metrics: StepMetrics) -> None:
+        if not self.active:
+            return
+        row = metrics.to_record()
+        with self.jsonl.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, float) and math.isfinite(value):
+                    self._tb.add_scalar(key if "/" in key else f"train/{key}", value, metrics.step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _truncate_jsonl(path: Path, keep_through_step: int) -> None:
+    """Drop rows logged after ``keep_through_step`` (a killed run logged past its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= keep_through_step
+    ]
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def fit(
+    config: RunConfig,
+    *,
+    build_model: Callable[[RunConfig], torch.nn.Module] | None = None,
+    source: MicroBatchSource | None = None,
+    hooks: Hooks | None = None,
+    resume: bool = True,
+) -> FitResult:
+    """Train ``config`` (resuming from its newest checkpoint when ``resume``); collective.
+
+    ``build_model`` (called after seeding, returns an adapter) and ``source`` default to the
+    ones the config describes.
+    """
+    hooks = hooks or Hooks()
+    set_single_process_env()
+    ds_config.init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    run_dir = run_dir_of(config)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_CONFIG_FILE).write_text(
+            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+
+    # Same seed on every rank for the weights; the engine broadcasts rank 0's anyway.
+    _seed_all(config.seed)
+    model = (build_model or _build_model)(config)
+    apply_freeze = getattr(model, "apply_freeze_policy", None)
+    if callable(apply_freeze):
+        apply_freeze()
+    groups = _parameter_groups(model, config.optimizer.weight_decay)
+    engine = ds_config.initialize_engine(
+        model,
+        groups,
+        ds_config.build_ds_config(config, world),
+        lambda opt: make_scheduler(opt, config.optimizer.lr, config.schedule, config.steps),
+    )
+    module: torch.nn.Module = engine.module
+    zero3 = config.zero.stage == 3
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    ema: EMA | None = None
+    if config.ema.decay > 0:
+        with ds_config.gathered_parameters([p for _, p in trainable], zero3):
+            ema = EMA(trainable, config.ema.decay)
+
+    if source is None:
+        source = _build_source(config, rank, world, model)
+    checkpoints = CheckpointManager(
+        run_dir / "checkpoints",
+        config.checkpoint.keep_last,
+        rank,
+        world,
+        barrier=dist.barrier,
+        on_staged=hooks.on_checkpoint_staged,
+    )
+    checkpoints.remove_leftovers()
+
+    # Fresh runs give each rank its own noise stream; resumed runs restore it exactly.
+    step, samples_seen = 0, 0
+    _seed_all(config.seed + 1_000_003 * (rank + 1))
+    committed = checkpoints.committed() if resume else []
+    if committed:
+        restored: CheckpointState = checkpoints.load(committed[-1], engine)
+        step = restored.step
+        samples_seen = int(restored.trainer_state.get("samples_seen", 0))
+        source.load_state_dict(restored.rank_state["source"])
+        _set_rng_state(restored.rank_state["rng"])
+        if ema is not None:
+            if restored.ema_state is None:
+                raise ValueError(f"{restored.path}: EMA is enabled but the checkpoint has no ema.pt")
+            ema.load_state_dict(restored.ema_state)
+        _log.info("resumed from %s at step %d", restored.path, step)
+    start_step = step
+    for callback in hooks.on_start:
+        callback(start_step, config.steps)
+
+    sinks = _MetricSinks(run_dir, config, start_step, active=rank == 0)
+    device = engine.device
+    dtype = torch.bfloat16 if config.precision == "bf16" else None
+    batches = iter(source)
+    losses: list[float] = []
+    last_checkpoint: Path | None = committed[-1] if committed else None
+    preempted = False
+    t0 = window_t = time.perf_counter()
+    window_samples = 0
+
+    def save() -> Path:
+        ema_state = ema.state_dict() if ema is not None and rank == 0 else None
+        return checkpoints.save(
+            step,
+            engine,
+            trainer_state={"samples_seen": samples_seen, "run_name": config.name},
+            rank_state={"rng": _rng_state(), "source": source.state_dict()},
+            ema_state=ema_state,
+        )
+
+    try:
+        with _Preemption() as preemption:
+            while step < config.steps:
+                stats = _StepStats()
+                lr = float(engine.get_lr()[0])
+                for _ in range(config.gradient_accumulation):
+                    item = next(batches)
+                    if isinstance(item, list | tuple):  # samples; else the loader collated
+                        item = model.collate(item)  # type: ignore[operator]
+                    batch = item.to(device, dtype)
+                    out = engine(batch, config.loss_weights)
+                    engine.backward(out.total)
+                    engine.step()
+                    parts = {  # a part normalised by zero tokens was absent from the batch
+                        k: float(v.detach())
+                        for k, v in out.parts.items()
+                        if out.token_counts.get(k, 1) > 0
+                    }
+                    per_task = {
+                        t: {p: v for p, v in d.items() if p in parts}
+                        for t, d in out.per_task.items()
+                    }
+                    tasks = set(batch.tasks)
+                    if not per_task and len(tasks) == 1:
+                        per_task = {tasks.pop(): parts}
+                    stats.add(float(out.total.detach()), parts, per_task, batch.num_samples)
+                step += 1
+                if ema is not None:
+                    with ds_config.gathered_parameters([p for _, p in trainable], zero3):
+                        ema.update(trainable)
+
+                loss, parts_mean, per_task_mean, step_samples = stats.reduce(world)
+                samples_seen += step_samples
+                window_samples += step_samples
+                losses.append(loss)
+                now = time.perf_counter()
+                grad_norm = engine.get_global_grad_norm()
+                metrics = StepMetrics(
+                    step=step,
+                    total_steps=config.steps,
+                    loss=loss,
+                    parts=parts_mean,
+                    per_task=per_task_mean,
+                    lr=lr,
+                    grad_norm=None if grad_norm is None else float(grad_norm),
+                    samples=samples_seen,
+                    samples_per_s=window_samples / max(now - window_t, 1e-9),
+                    elapsed_s=now - t0,
+                )
+                if step % config.logging.every == 0 or step == config.steps:
+                    sinks.write(metrics)
+                    window_t, window_samples = now, 0
+                for callback in hooks.on_step:
+                    callback(metrics)
+
+                stop = preemption.requested
+                if world > 1:
+                    flag = torch.tensor([1.0 if stop else 0.0])
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stop = bool(flag.item())
+                due = step % config.checkpoint.every == 0 and step >= config.checkpoint.save_after
+                if stop or due or step == config.steps:
+                    last_checkpoint = save()
+                if stop:
+                    preempted = True
+                    _log.warning("preempted: checkpoint %s written at step %d", last_checkpoint, step)
+                    break
+    finally:
+        sinks.close()
+    engine.destroy()
+    return FitResult(
+        run_dir=run_dir,
+        model=model,
+        start_step=start_step,
+        final_step=step,
+        losses=losses,
+        preempted=preempted,
+        last_checkpoint=last_checkpoint,
+    )

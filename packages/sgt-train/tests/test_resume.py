@@ -1,0 +1,79 @@
+"""A run stopped at step k and resumed reproduces the uninterrupted run bit-identically (CPU fp32)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from sgt_train_toy import ToyAdapter, ToySource
+from toy_worker import make_config
+
+from sgt_train import validate_run_config
+from sgt_train.loop import FitResult, Hooks, StepMetrics, fit
+
+
+def _fit(out: Path, stage: int, hooks: Hooks | None = None) -> tuple[FitResult, ToyAdapter]:
+    config = validate_run_config(make_config(str(out), stage, steps=7, every=3))
+    result = fit(config, build_model=lambda _: ToyAdapter(), source=ToySource(config.data, 2), hooks=hooks)
+    assert isinstance(result.model, ToyAdapter)
+    return result, result.model
+
+
+def _sigterm_at(step: int) -> Hooks:
+    def on_step(metrics: StepMetrics) -> None:
+        if metrics.step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return Hooks(on_step=[on_step])
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_resumed_run_reproduces_uninterrupted_losses(tmp_path: Path, stage: int) -> None:
+    full, full_model = _fit(tmp_path / "full", stage)
+    assert full.final_step == 7 and len(full.losses) == 7
+
+    # preempted at step 4 (not a checkpoint step): SIGTERM writes a checkpoint there
+    first, _ = _fit(tmp_path / "split", stage, _sigterm_at(4))
+    assert first.preempted and first.final_step == 4
+    assert first.last_checkpoint is not None and first.last_checkpoint.name == "step_00000004"
+    resumed, resumed_model = _fit(tmp_path / "split", stage)
+    assert resumed.start_step == 4 and resumed.final_step == 7
+
+    assert first.losses + resumed.losses == full.losses  # exact float equality
+    for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    ema_full = torch.load(full.run_dir / "checkpoints/step_00000007/ema.pt", weights_only=False)
+    ema_split = torch.load(resumed.run_dir / "checkpoints/step_00000007/ema.pt", weights_only=False)
+    for name, value in ema_full["shadow"].items():
+        assert torch.equal(value, ema_split["shadow"][name]), name
+
+    # the metrics log of the split run has each step exactly once, with the same losses
+    rows = [json.loads(x) for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 8))
+    assert [r["loss"] for r in rows] == full.losses
+    assert {"segmentation/mse", "understanding/ce"} <= set(rows[-1]) | set(rows[-2])
+
+
+def test_retention_keeps_last_k(tmp_path: Path) -> None:
+    config = validate_run_config(
+        {**make_config(str(tmp_path), 0, steps=5, every=1), "checkpoint": {"every": 1, "keep_last": 2}}
+    )
+    fit(config, build_model=lambda _: ToyAdapter(), source=ToySource(config.data, 2))
+    names = sorted(p.name for p in (tmp_path / "toy" / "checkpoints").iterdir())
+    assert names == ["step_00000004", "step_00000005"]
+
+
+def test_resume_refuses_other_world_size(tmp_path: Path) -> None:
+    config = validate_run_config(make_config(str(tmp_path), 0, steps=2, every=2))
+    fit(config, build_model=lambda _: ToyAdapter(), source=ToySource(config.data, 2))
+    state_file = tmp_path / "toy" / "checkpoints" / "step_00000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["world_size"] = 4
+    state_file.write_text(json.dumps(state))
+    longer = validate_run_config(make_config(str(tmp_path), 0, steps=3, every=2))
+    with pytest.raises(ValueError, match=r"step_00000002: checkpoint was written by 4 processes"):
+        fit(longer, build_model=lambda _: ToyAdapter(), source=ToySource(longer.data, 2))
