@@ -253,7 +253,11 @@ def main() -> None:
         mixture = MixtureConfig(
             sources=(
                 MixtureSource(
-                    name="seg", store="local", task=TaskKind.SEGMENTATION, task_variant="instance", ratio=2
+                    name="seg",
+                    store="local",
+                    task=TaskKind.SEGMENTATION,
+                    task_variant="instance",
+                    ratio=2,
                 ),
                 MixtureSource(name="recon", store="local", task=TaskKind.RECONSTRUCTION, ratio=1),
             ),

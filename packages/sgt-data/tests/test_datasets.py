@@ -17,9 +17,10 @@ from sgt_data.errors import SgtDataError, TargetGuardError
 from sgt_data.prompts import choose_instruction, instruction_set
 from sgt_data.schema import MixtureSource, TaskKind, Turn
 
-SEG = (TaskKind.SEGMENTATION, "instance")
-SEM = (TaskKind.SEGMENTATION, "semantic")
-EDGE = (TaskKind.EDGE, None)
+TaskKey = tuple[TaskKind, str | None]
+SEG: TaskKey = (TaskKind.SEGMENTATION, "instance")
+SEM: TaskKey = (TaskKind.SEGMENTATION, "semantic")
+EDGE: TaskKey = (TaskKind.EDGE, None)
 
 
 def _photo(rng: np.random.Generator, h: int = 24, w: int = 32) -> NDArray[np.uint8]:

@@ -291,7 +291,8 @@ def test_loader_resume_mid_epoch_gives_the_same_samples() -> None:
     assert head + tail == reference
 
 
-def test_forked_two_worker_loader_matches_the_in_process_loader() -> None:
+@pytest.mark.parametrize("persistent", [False, True])
+def test_forked_two_worker_loader_matches_the_in_process_loader(persistent: bool) -> None:
     stores = _stores()
     plain = build_loader(MIXTURE, stores.__getitem__, micro_batch_size=4, seed=5)
     expected = _run(list(plain) + list(plain))
@@ -302,6 +303,7 @@ def test_forked_two_worker_loader_matches_the_in_process_loader() -> None:
         seed=5,
         num_workers=2,
         multiprocessing_context="fork",
+        persistent_workers=persistent,
     )
     got = []
     for batch in forked:  # stop early: workers have prefetched beyond this point

@@ -29,7 +29,10 @@ def test_error_hierarchy() -> None:
     [
         (b"92 03", r"invalid character ' ' \(byte 32\) at offset 2"),
         ("92\u00e903", r"invalid character 'é' at offset 2"),
-        (b"922P", r"compressed counts end in the middle of a value at offset 4 \(truncated string\)"),
+        (
+            b"922P",
+            r"compressed counts end in the middle of a value at offset 4 \(truncated string\)",
+        ),
         (b"9ooooooo0", r"the value at offset 1 .* longer than 7 characters \(count overflows\)"),
         (b"9@", r"count #1 decodes to a negative value \(-16\)"),
         (b"92", r"counts sum to 11, expected h\*w = 4x5 = 20"),
@@ -91,9 +94,14 @@ def test_bad_sizes(size: Any, message: str) -> None:
 
 def test_sizes_that_disagree() -> None:
     a, b = _ok(4, 5), _ok(5, 4)
-    with pytest.raises(RLEError, match=r"annotation 2 of image 1: size \[5, 4\] disagrees with the image size \[4, 5\]"):
+    with pytest.raises(
+        RLEError,
+        match=r"annotation 2 of image 1: size \[5, 4\] disagrees with the image size \[4, 5\]",
+    ):
         rle.paint_label_map([a, b], 4, 5, image_id=1, ann_ids=[1, 2])
-    with pytest.raises(RLEError, match=r"RLE #1: size \[5, 4\] differs .* decode needs equal sizes"):
+    with pytest.raises(
+        RLEError, match=r"RLE #1: size \[5, 4\] differs .* decode needs equal sizes"
+    ):
         rle.decode([a, b])
     with pytest.raises(RLEError, match=r"merge needs equal sizes"):
         rle.merge([a, b])

@@ -68,7 +68,11 @@ def _cases(n: int, seed: int) -> Iterator[tuple[int, int, Any]]:
         if kind == 0:  # random bytes
             yield h, w, rng.integers(0, 256, int(rng.integers(0, 20))).astype(np.uint8).tobytes()
         elif kind == 1:  # random valid-alphabet strings, as str
-            yield h, w, rng.integers(48, 112, int(rng.integers(0, 20))).astype(np.uint8).tobytes().decode()
+            yield (
+                h,
+                w,
+                rng.integers(48, 112, int(rng.integers(0, 20))).astype(np.uint8).tobytes().decode(),
+            )
         elif kind in (2, 3):  # mutated real encodings
             yield h, w, _mutate(rng, _valid_string(rng, h, w))
         elif kind == 4:  # random count lists, sometimes summing to h*w
@@ -118,6 +122,8 @@ def test_fuzz_decode_short() -> None:
 
 
 @pytest.mark.fuzz_full
-@pytest.mark.skipif(os.environ.get("SGT_FUZZ_FULL") != "1", reason="set SGT_FUZZ_FULL=1 (nox -s fuzz)")
+@pytest.mark.skipif(
+    os.environ.get("SGT_FUZZ_FULL") != "1", reason="set SGT_FUZZ_FULL=1 (nox -s fuzz)"
+)
 def test_fuzz_decode_full() -> None:
     _run(FULL_CASES, seed=2)

@@ -42,7 +42,11 @@ def instance_sets(draw: Any) -> np.ndarray:
 
 
 @settings(max_examples=60, deadline=None)
-@given(instance_sets(), st.sampled_from(["area_desc", "given"]), st.sampled_from([np.uint8, np.uint16, np.uint32]))
+@given(
+    instance_sets(),
+    st.sampled_from(["area_desc", "given"]),
+    st.sampled_from([np.uint8, np.uint16, np.uint32]),
+)
 def test_label_map_matches_numpy_reference(masks: np.ndarray, order: str, dtype: Any) -> None:
     rles = mask_api.encode(np.asfortranarray(np.moveaxis(masks, 0, 2)))
     h, w = masks.shape[1:]

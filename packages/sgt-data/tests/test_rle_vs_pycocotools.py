@@ -199,3 +199,12 @@ def test_area_of_many_rles_does_not_overflow() -> None:
     got = rle.area(rles)
     assert got.shape == (300,)
     assert (got == 12).all()
+
+
+def test_importing_rle_does_not_import_numba() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, sgt_data.rle; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

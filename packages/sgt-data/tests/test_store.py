@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from numcodecs import Zstd
 from PIL import Image
 
 from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
@@ -118,7 +119,7 @@ def test_verify_names_what_is_wrong(reference: Path, tmp_path: Path) -> None:
     # damage one shard of the label maps: its array checksum and the samples in it are named
     shard = next(p for p in sorted((store / "labels" / "segments" / "c").iterdir()) if p.is_file())
     raw = bytearray(shard.read_bytes())
-    raw[len(raw) // 3] ^= 0xFF
+    raw[50] ^= 0xFF  # inside the first sample's label frame (chunks come first, the shard index last)
     shard.write_bytes(bytes(raw))
     problems = verify_store(store)
     assert any(p.startswith("array 'labels/segments'") for p in problems), problems
@@ -143,7 +144,10 @@ def test_plain_zarr_can_read_the_store(reference: Path) -> None:
     off, n = int(row[cols["image.offset"]]), int(row[cols["image.length"]])
     img = np.asarray(Image.open(io.BytesIO(np.asarray(g["image"][off : off + n]).tobytes())).convert("RGB"))
     off, n = int(row[cols["labels/segments.offset"]]), int(row[cols["labels/segments.length"]])
-    labels = np.asarray(g["labels/segments"][off : off + n]).reshape(h, w)
+    # label maps: one zstd frame per sample (any zstd decoder), dtype in the layout attributes
+    frame = np.asarray(g["labels/segments"][off : off + n]).tobytes()
+    dtype = next(f["frame_dtype"] for f in layout["fields"] if f["path"] == "labels/segments")
+    labels = np.frombuffer(Zstd().decode(frame), dtype=dtype).reshape(h, w)
     s = SampleStore.open(reference)
     np.testing.assert_array_equal(img, s.read_image(3))
     np.testing.assert_array_equal(labels, s.read_label_map(3, TaskKind.SEGMENTATION, "instance"))

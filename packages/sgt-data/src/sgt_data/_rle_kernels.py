@@ -403,7 +403,7 @@ def bboxes(counts, coffs, hs, out):  # type: ignore[no-untyped-def]
                     ys = y0
                     ye = y1
                 if x0 < x1:
-                    ys = 0
+                    ys = np.int64(0)
                     ye = h - 1
                 else:
                     ys = min(ys, y0)
@@ -449,7 +449,7 @@ def _merge2(a, b, intersect):  # type: ignore[no-untyped-def]
         if v != cur:
             out[m] = run
             m += 1
-            run = 0
+            run = np.int64(0)
             cur = v
         run += c
         ra -= c
@@ -586,10 +586,10 @@ def _poly_walk(x, y, h, w, dst, store):  # type: ignore[no-untyped-def]
                     yd = np.float64(v if v < pv else pv)
                     yd = (yd + 0.5) / 5.0 - 0.5
                     if yd < 0:
-                        yd = 0.0
+                        yd = np.float64(0.0)
                     elif yd > h:
                         yd = np.float64(h)
-                    yd = math.ceil(yd)
+                    yd = np.float64(math.ceil(yd))
                     if store:
                         dst[m] = np.int64(xd) * h + np.int64(yd)
                     m += 1

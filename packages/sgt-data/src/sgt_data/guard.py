@@ -13,7 +13,6 @@ import logging
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from sgt_data.errors import TargetGuardError
 from sgt_data.schema import Sample, TaskKind
@@ -48,6 +47,8 @@ _PALETTE_SAMPLES = 16_384
 
 
 def _reduced(image: NDArray[np.uint8], factor: int) -> NDArray[np.float32]:
+    from PIL import Image
+
     pil = Image.fromarray(image)
     return np.asarray(pil.reduce(factor) if factor > 1 else pil, dtype=np.float32)
 
@@ -58,6 +59,8 @@ def mean_abs_difference(image: NDArray[np.uint8], target: NDArray[np.uint8]) -> 
     A target of another size is first resized (bilinear) to the image's size, so that both are
     averaged over the same pixel blocks (an integer box reduction: fast, and exactly aligned).
     """
+    from PIL import Image
+
     h, w = image.shape[:2]
     if target.shape[:2] != (h, w):
         target = np.asarray(Image.fromarray(target).resize((w, h), Image.Resampling.BILINEAR))

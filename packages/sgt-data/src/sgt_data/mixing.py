@@ -429,7 +429,12 @@ class MixtureLoader:
 
     def _dataloader(self) -> DataLoader[Sample]:
         if self._loader is None:
-            from torch.utils.data import DataLoader
+            try:
+                from torch.utils.data import DataLoader
+            except ImportError as exc:  # torch is optional for sgt-data
+                raise ImportError(
+                    "MixtureLoader needs torch: pip install 'sgt-data[loader]' (or torch)"
+                ) from exc
 
             self._loader = DataLoader(
                 self.dataset,  # type: ignore[arg-type]  # map-style by duck typing
@@ -470,16 +475,20 @@ def build_loader(
     seed: int | None = None,
     collate_fn: Callable[[list[Sample]], Any] | None = None,
     guard: bool = False,
+    include_metadata: bool = False,
     **loader_kwargs: Any,
 ) -> MixtureLoader:
     """The training loader of one rank: sources opened, sampled by the mixture, sharded by rank.
 
     ``seed`` defaults to ``mixture.seed``; ``collate_fn`` defaults to returning the list of
-    `Sample`s; ``guard=True`` checks every proxy target (see :mod:`sgt_data.guard`); other keyword
+    `Sample`s; ``guard=True`` checks every proxy target (see :mod:`sgt_data.guard`);
+    ``include_metadata=True`` copies each store's per-sample metadata into the samples; other keyword
     arguments go to ``torch.utils.data.DataLoader`` (e.g. ``multiprocessing_context``,
     ``persistent_workers``, ``prefetch_factor``).
     """
-    datasets = build_datasets(mixture, open_store, seed=seed, guard=guard)
+    datasets = build_datasets(
+        mixture, open_store, seed=seed, guard=guard, include_metadata=include_metadata
+    )
     sampler = MixtureSampler.from_config(
         mixture,
         [len(d) for d in datasets],

@@ -32,6 +32,7 @@ kernels are always used: GNU OpenMP aborts a forked child that starts a parallel
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections.abc import Sequence
 from types import ModuleType
@@ -105,7 +106,7 @@ def _use_parallel(nbytes: int, n: int, parallel: bool | None) -> bool:
         return False
     import numba
 
-    return int(numba.config.NUMBA_NUM_THREADS) > 1
+    return int(getattr(numba.config, "NUMBA_NUM_THREADS", 1)) > 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,15 +196,21 @@ def _size(
 ) -> tuple[int, int]:
     where = (i, image_id, ann_ids)
     if not isinstance(rle, dict):
-        raise _error(f"an RLE must be a dict with 'size' and 'counts', got {type(rle).__name__}", *where)
+        raise _error(
+            f"an RLE must be a dict with 'size' and 'counts', got {type(rle).__name__}", *where
+        )
     try:
         size = rle["size"]
         h, w = size
     except (KeyError, TypeError, ValueError):
         raise _error("an RLE needs 'size': [h, w]", *where) from None
-    if type(h) is not int or type(w) is not int:
-        if isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer)):
-            h, w = int(h), int(w)
+    if (
+        isinstance(h, np.integer | int)
+        and isinstance(w, np.integer | int)
+        and not isinstance(h, bool)
+        and not isinstance(w, bool)
+    ):
+        h, w = int(h), int(w)
     _check_hw(h, w, where)
     if "counts" not in rle:
         raise _error("an RLE needs 'counts'", *where)
@@ -385,9 +392,7 @@ def _same_size(
     return h, w
 
 
-def _strings(
-    counts: npt.NDArray[np.int64], offs: npt.NDArray[np.int64]
-) -> list[bytes]:
+def _strings(counts: npt.NDArray[np.int64], offs: npt.NDArray[np.int64]) -> list[bytes]:
     n = offs.shape[0] - 1
     out = np.empty(7 * counts.shape[0] + 1, dtype=np.uint8)
     soffs = np.empty(n + 1, dtype=np.int64)
@@ -401,7 +406,8 @@ def _rle_dicts(
     counts: npt.NDArray[np.int64], offs: npt.NDArray[np.int64], sizes: Sequence[tuple[int, int]]
 ) -> list[RLEDict]:
     return [
-        {"size": [h, w], "counts": s} for (h, w), s in zip(sizes, _strings(counts, offs), strict=True)
+        {"size": [h, w], "counts": s}
+        for (h, w), s in zip(sizes, _strings(counts, offs), strict=True)
     ]
 
 
@@ -433,9 +439,7 @@ def encode(bimask: npt.ArrayLike) -> RLEDict | list[RLEDict]:
     chars, soffs = _k().encode_masks(flat, n, h * w)
     data = chars.tobytes()
     so = soffs.tolist()
-    objs: list[RLEDict] = [
-        {"size": [h, w], "counts": data[so[i] : so[i + 1]]} for i in range(n)
-    ]
+    objs: list[RLEDict] = [{"size": [h, w], "counts": data[so[i] : so[i + 1]]} for i in range(n)]
     return objs[0] if single else objs
 
 
@@ -488,9 +492,7 @@ def decode(
         res = out
     flat = res.reshape(-1, order="F")
     k = _k()
-    fill = (
-        k.fill_colmajor_parallel if _use_parallel(flat.nbytes, n, parallel) else k.fill_colmajor
-    )
+    fill = k.fill_colmajor_parallel if _use_parallel(flat.nbytes, n, parallel) else k.fill_colmajor
     fill(packed.counts, packed.offs, h * w, flat)
     return res
 
@@ -498,7 +500,7 @@ def decode(
 def area(rleObjs: RLEDict | list[RLEDict]) -> Any:
     """Foreground pixel count: uint32 array for a list, ``np.uint32`` for one RLE."""
     if type(rleObjs) is not list:
-        return area([rleObjs])[0]
+        return area([rleObjs])[0]  # type: ignore[list-item]
     if not rleObjs:
         return np.empty(0, dtype=np.uint32)
     packed = _pack(rleObjs)
@@ -510,7 +512,8 @@ def area(rleObjs: RLEDict | list[RLEDict]) -> Any:
 def toBbox(rleObjs: RLEDict | list[RLEDict]) -> npt.NDArray[np.float64]:
     """``[x, y, w, h]`` boxes: ``(n, 4)`` float64 for a list, ``(4,)`` for one RLE."""
     if type(rleObjs) is not list:
-        return toBbox([rleObjs])[0]
+        one: npt.NDArray[np.float64] = toBbox([rleObjs])[0]  # type: ignore[list-item]
+        return one
     if not rleObjs:
         return np.empty((0, 4), dtype=np.float64)
     packed = _pack(rleObjs)
@@ -669,8 +672,10 @@ def frPyObjects(pyobj: Any, h: int, w: int) -> Any:
     A list of polygons or RLE dicts gives a list (one RLE per polygon, not merged); a single
     flat polygon or a single RLE dict gives one dict.
     """
-    if isinstance(h, np.integer) or isinstance(w, np.integer):
-        h, w = int(h), int(w)
+    try:
+        h, w = operator.index(h), operator.index(w)
+    except TypeError:
+        raise RLEError(f"frPyObjects: h and w must be integers, got {h!r}, {w!r}") from None
     _check_hw(h, w, (0, None, None))
     if isinstance(pyobj, np.ndarray):
         return _frbbox(pyobj.astype(np.float64), h, w)
@@ -737,7 +742,9 @@ def polygons_to_rle(
     ids = _ids(ann_id)
     _check_hw(h, w, (0, image_id, ids))
     if not isinstance(polygons, (list, tuple)) or not polygons:
-        raise _error("polygons must be a non-empty list of [x0, y0, x1, y1, ...] lists", 0, image_id, ids)
+        raise _error(
+            "polygons must be a non-empty list of [x0, y0, x1, y1, ...] lists", 0, image_id, ids
+        )
     counts, offs = _poly_counts_list(polygons, h, w, image_id, ids)
     if len(polygons) > 1:
         counts = _k().merge(counts, offs, False)
@@ -769,9 +776,7 @@ def decode_rows(
         res = out
     flat = res.reshape(-1)
     k = _k()
-    fill = (
-        k.fill_rowmajor_parallel if _use_parallel(flat.nbytes, n, parallel) else k.fill_rowmajor
-    )
+    fill = k.fill_rowmajor_parallel if _use_parallel(flat.nbytes, n, parallel) else k.fill_rowmajor
     if h * w:
         fill(packed.counts, packed.offs, h, w, flat)
     return res

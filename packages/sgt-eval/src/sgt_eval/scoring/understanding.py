@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from sgt_eval.parsing import (
@@ -412,7 +412,3 @@ def score_mathvista(
         deviations=deviations,
         judge=extractor.name if extractor else None,
     )
-
-
-#: A scorer's shape as the harness sees it (used for typing the benchmark registry).
-Scorer = Callable[..., BenchmarkResult | list[BenchmarkResult]]
