@@ -19,15 +19,28 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_voc_coco(tmp_path_factory.mktemp("src"), n_images=3, size=(120, 160))
 
 
-def test_convert_inspect_verify_preview(source: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_inspect_verify_preview(
+    source: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ann, images = source
     out = tmp_path / "voc"
-    argv = ["convert", "coco", "--annotations", str(ann), "--images", str(images), "--out", str(out)]
+    argv = [
+        "convert",
+        "coco",
+        "--annotations",
+        str(ann),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+    ]
     assert main([*argv, "--edge", "--batch-size", "2", "--no-progress"]) == 0
     assert "3 samples, 0 skipped" in capsys.readouterr().out
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "samples    3" in text and "renderer   instance v1" in text and "edge=3" in text
+    assert "samples    3" in text
+    assert "renderer   instance v1" in text
+    assert "edge=3" in text
     assert main(["inspect", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_samples"] == 3
     assert main(["verify", str(out)]) == 0
@@ -41,7 +54,11 @@ def test_convert_inspect_verify_preview(source: tuple[Path, Path], tmp_path: Pat
     assert arr.shape[1] == 4 * (80 + 4)
     s = SampleStore.open(out)
     tile = arr[14 : 14 + 60, 2 * 84 : 2 * 84 + 80]  # tiles: image, edge, instance, semantic
-    small = np.asarray(Image.fromarray(s.read_target(0, "segmentation", "instance")).resize((80, 60), Image.Resampling.NEAREST))
+    small = np.asarray(
+        Image.fromarray(s.read_target(0, "segmentation", "instance")).resize(
+            (80, 60), Image.Resampling.NEAREST
+        )
+    )
     np.testing.assert_array_equal(tile, small)
     # damage the store: verify fails and names the array
     chunk = next(p for p in sorted((out / "labels" / "segments" / "c").iterdir()) if p.is_file())
@@ -50,7 +67,9 @@ def test_convert_inspect_verify_preview(source: tuple[Path, Path], tmp_path: Pat
     assert "array 'labels/segments'" in capsys.readouterr().out
 
 
-def test_bad_input_exits_2_naming_the_item(source: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2_naming_the_item(
+    source: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ann, images = source
     data = json.loads(ann.read_text())
     data["images"][0]["file_name"] = "missing.jpg"
@@ -68,7 +87,17 @@ def test_bad_input_exits_2_naming_the_item(source: tuple[Path, Path], tmp_path: 
 
 def test_shard_then_merge(source: tuple[Path, Path], tmp_path: Path) -> None:
     ann, images = source
-    base = ["convert", "coco", "--annotations", str(ann), "--images", str(images), "--name", "v", "--no-progress"]
+    base = [
+        "convert",
+        "coco",
+        "--annotations",
+        str(ann),
+        "--images",
+        str(images),
+        "--name",
+        "v",
+        "--no-progress",
+    ]
     parts = []
     for i in range(3):
         parts.append(str(tmp_path / f"p{i}"))
@@ -78,6 +107,24 @@ def test_shard_then_merge(source: tuple[Path, Path], tmp_path: Path) -> None:
     merged, one = SampleStore.open(tmp_path / "all"), SampleStore.open(tmp_path / "one")
     assert [merged.sample_id(i) for i in range(3)] == [one.sample_id(i) for i in range(3)]
     for i in range(3):
-        np.testing.assert_array_equal(merged.read_labels(i, "segments"), one.read_labels(i, "segments"))
+        np.testing.assert_array_equal(
+            merged.read_labels(i, "segments"), one.read_labels(i, "segments")
+        )
     assert main(["merge", parts[0], parts[0], "--out", str(tmp_path / "dup"), "--no-progress"]) == 2
-    assert main(["convert", "coco", "--annotations", str(ann), "--images", str(images), "--out", str(tmp_path / "x"), "--shard", "3/3"]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "coco",
+                "--annotations",
+                str(ann),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "x"),
+                "--shard",
+                "3/3",
+            ]
+        )
+        == 2
+    )

@@ -61,7 +61,11 @@ def voc_coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def voc_store(voc_coco: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     ann, images = voc_coco
     out = tmp_path_factory.mktemp("stores") / "voc"
-    run_conversion(CocoInstancesConverter(ann, images, ConvertOptions(name="voc", edge=True)), out, batch_size=2)
+    run_conversion(
+        CocoInstancesConverter(ann, images, ConvertOptions(name="voc", edge=True)),
+        out,
+        batch_size=2,
+    )
     return out
 
 
@@ -70,10 +74,21 @@ def test_coco_instances_match_pycocotools(voc_coco: tuple[Path, Path], voc_store
     data = json.loads(ann.read_text())
     store = SampleStore.open(voc_store)
     assert len(store) == 3
-    kinds = {("poly" if isinstance(a["segmentation"], list) else type(a["segmentation"]["counts"]).__name__) for a in data["annotations"]}
-    assert kinds == {"poly", "list", "str"}, "the fixture mixes polygons, uncompressed and compressed RLE"
+    kinds = {
+        (
+            "poly"
+            if isinstance(a["segmentation"], list)
+            else type(a["segmentation"]["counts"]).__name__
+        )
+        for a in data["annotations"]
+    }
+    assert kinds == {"poly", "list", "str"}, (
+        "the fixture mixes polygons, uncompressed and compressed RLE"
+    )
     for i, im in enumerate(sorted(data["images"], key=lambda x: x["id"])):
-        anns = sorted((a for a in data["annotations"] if a["image_id"] == im["id"]), key=lambda a: a["id"])
+        anns = sorted(
+            (a for a in data["annotations"] if a["image_id"] == im["id"]), key=lambda a: a["id"]
+        )
         assert len(anns) == 19
         assert store.sample_id(i) == f"voc:{im['id']}"
         expected = _reference_labels(anns, im["height"], im["width"])
@@ -85,7 +100,8 @@ def test_coco_instances_match_pycocotools(voc_coco: tuple[Path, Path], voc_store
         with Image.open(images / im["file_name"]) as f:
             np.testing.assert_array_equal(store.read_image(i), np.asarray(f.convert("RGB")))
         meta = store.read_metadata(i)
-        assert meta["source_id"] == str(im["id"]) and meta["file"] == im["file_name"]
+        assert meta["source_id"] == str(im["id"])
+        assert meta["file"] == im["file_name"]
     assert verify_store(voc_store) == []
 
 
@@ -104,23 +120,33 @@ def test_every_stored_target_decodes_to_its_label_map(voc_store: Path) -> None:
             store.read_label_map(i, TaskKind.SEGMENTATION, "semantic"),
         )
         edge = renderer_from_spec(specs["edge"])
-        np.testing.assert_array_equal(edge.inverse(store.read_target(i, TaskKind.EDGE)), store.read_labels(i, "edge"))
-        np.testing.assert_array_equal(store.read_target(i, TaskKind.RECONSTRUCTION), store.read_image(i))
+        np.testing.assert_array_equal(
+            edge.inverse(store.read_target(i, TaskKind.EDGE)), store.read_labels(i, "edge")
+        )
+        np.testing.assert_array_equal(
+            store.read_target(i, TaskKind.RECONSTRUCTION), store.read_image(i)
+        )
     with pytest.raises(KeyError, match="panoptic"):
         store.read_target(0, TaskKind.SEGMENTATION, "panoptic")
     np.testing.assert_array_equal(store.indices_with(TaskKind.EDGE), [0, 1, 2])
     assert store.indices_with(TaskKind.DEPTH).size == 0
 
 
-def test_workers_and_shards_give_the_same_samples(voc_coco: tuple[Path, Path], voc_store: Path, tmp_path: Path) -> None:
+def test_workers_and_shards_give_the_same_samples(
+    voc_coco: tuple[Path, Path], voc_store: Path, tmp_path: Path
+) -> None:
     ann, images = voc_coco
     opts = ConvertOptions(name="voc", edge=True)
-    m2 = run_conversion(CocoInstancesConverter(ann, images, opts), tmp_path / "w2", batch_size=2, workers=2)
+    m2 = run_conversion(
+        CocoInstancesConverter(ann, images, opts), tmp_path / "w2", batch_size=2, workers=2
+    )
     assert m2.arrays == SampleStore.open(voc_store).manifest.arrays
     parts = []
     for i in range(2):
         parts.append(tmp_path / f"part{i}")
-        run_conversion(CocoInstancesConverter(ann, images, opts), parts[-1], batch_size=2, shard=(i, 2))
+        run_conversion(
+            CocoInstancesConverter(ann, images, opts), parts[-1], batch_size=2, shard=(i, 2)
+        )
     assert [len(SampleStore.open(p)) for p in parts] == [1, 2]
     merged = merge_stores(parts, tmp_path / "merged", batch_size=2)
     assert merged.arrays == SampleStore.open(voc_store).manifest.arrays
@@ -145,32 +171,42 @@ def test_coco_panoptic(tmp_path: Path) -> None:
     ids = seg_ids[labels]
     png = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=2).astype(np.uint8)
     Image.fromarray(png).save(tmp_path / "pan" / "a.png")
-    cats = [{"id": c, "name": str(c), "isthing": int(c != 5)} for c in sorted(set(classes.tolist()))]
+    cats = [
+        {"id": c, "name": str(c), "isthing": int(c != 5)} for c in sorted(set(classes.tolist()))
+    ]
     data = {
         "images": [{"id": 7, "file_name": "a.jpg", "height": h, "width": w}],
         "annotations": [
             {
                 "image_id": 7,
                 "file_name": "a.png",
-                "segments_info": [{"id": int(seg_ids[k + 1]), "category_id": int(classes[k])} for k in range(19)],
+                "segments_info": [
+                    {"id": int(seg_ids[k + 1]), "category_id": int(classes[k])} for k in range(19)
+                ],
             }
         ],
         "categories": cats,
     }
     (tmp_path / "pan.json").write_text(json.dumps(data))
-    conv = CocoPanopticConverter(tmp_path / "pan.json", tmp_path / "pan", tmp_path / "images", ConvertOptions(name="pan"))
+    conv = CocoPanopticConverter(
+        tmp_path / "pan.json", tmp_path / "pan", tmp_path / "images", ConvertOptions(name="pan")
+    )
     run_conversion(conv, tmp_path / "store")
     s = SampleStore.open(tmp_path / "store")
     np.testing.assert_array_equal(s.read_label_map(0, TaskKind.SEGMENTATION, "panoptic"), labels)
     np.testing.assert_array_equal(
-        s.read_label_map(0, TaskKind.SEGMENTATION, "semantic"), np.concatenate([[0], classes])[labels]
+        s.read_label_map(0, TaskKind.SEGMENTATION, "semantic"),
+        np.concatenate([[0], classes])[labels],
     )
     thing = classes != 5  # the one bottle is "stuff" (one segment per stuff class, as in COCO)
     inst = s.read_label_map(0, TaskKind.SEGMENTATION, "instance")
-    assert inst.max() == thing.sum() and (inst[np.isin(labels, np.flatnonzero(~thing) + 1)] == 0).all()
+    assert inst.max() == thing.sum()
+    assert (inst[np.isin(labels, np.flatnonzero(~thing) + 1)] == 0).all()
     pan = renderer_from_spec(next(r for r in s.manifest.renderers if r.name == "panoptic"))
     target = s.read_target(0, TaskKind.SEGMENTATION, "panoptic")
-    np.testing.assert_array_equal(pan.inverse(target, classes, thing, pan.assign(labels, classes, thing)), labels)
+    np.testing.assert_array_equal(
+        pan.inverse(target, classes, thing, pan.assign(labels, classes, thing)), labels
+    )
 
 
 def test_coco_stuff(tmp_path: Path) -> None:
@@ -179,8 +215,13 @@ def test_coco_stuff(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "maps").mkdir()
     Image.fromarray(rgb).save(tmp_path / "images" / "x1.jpg")
-    Image.fromarray(np.where(sem == 0, 255, sem - 1).astype(np.uint8)).save(tmp_path / "maps" / "x1.png")
-    run_conversion(CocoStuffConverter(tmp_path / "maps", tmp_path / "images", ConvertOptions(name="st")), tmp_path / "s")
+    Image.fromarray(np.where(sem == 0, 255, sem - 1).astype(np.uint8)).save(
+        tmp_path / "maps" / "x1.png"
+    )
+    run_conversion(
+        CocoStuffConverter(tmp_path / "maps", tmp_path / "images", ConvertOptions(name="st")),
+        tmp_path / "s",
+    )
     s = SampleStore.open(tmp_path / "s")
     np.testing.assert_array_equal(s.read_label_map(0, TaskKind.SEGMENTATION, "semantic"), sem)
     assert s.tasks(0) == {(TaskKind.SEGMENTATION, "semantic"), (TaskKind.RECONSTRUCTION, None)}
@@ -194,8 +235,17 @@ def test_sa1b(tmp_path: Path) -> None:
     anns = []
     for k, m in enumerate(masks):
         enc = rle.encode(np.asfortranarray(m.astype(np.uint8)))
-        anns.append({"id": 900 + k, "segmentation": {"size": [h, w], "counts": enc["counts"].decode()}, "area": int(m.sum())})
-    rec = {"image": {"image_id": 1, "width": w, "height": h, "file_name": "sa_1.jpg"}, "annotations": anns}
+        anns.append(
+            {
+                "id": 900 + k,
+                "segmentation": {"size": [h, w], "counts": enc["counts"].decode()},
+                "area": int(m.sum()),
+            }
+        )
+    rec = {
+        "image": {"image_id": 1, "width": w, "height": h, "file_name": "sa_1.jpg"},
+        "annotations": anns,
+    }
     (tmp_path / "sa_1.json").write_text(json.dumps(rec))
     run_conversion(Sa1bConverter(tmp_path, ConvertOptions(name="sa")), tmp_path / "store")
     s = SampleStore.open(tmp_path / "store")
@@ -208,14 +258,34 @@ def test_vqa(tmp_path: Path) -> None:
     rgb, _, _ = _voc_labels()
     Image.fromarray(rgb).save(tmp_path / "q.png")
     lines = [
-        {"id": "a", "image": "q.png", "conversations": [{"from": "human", "value": "<image>\nWhat is on the table?"}, {"from": "gpt", "value": "Bottles."}]},
-        {"id": "b", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye"}]},
+        {
+            "id": "a",
+            "image": "q.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is on the table?"},
+                {"from": "gpt", "value": "Bottles."},
+            ],
+        },
+        {
+            "id": "b",
+            "conversations": [
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello"},
+                {"from": "human", "value": "Bye"},
+                {"from": "gpt", "value": "Bye"},
+            ],
+        },
     ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    run_conversion(VqaConverter(tmp_path / "d.jsonl", tmp_path, ConvertOptions(name="vqa")), tmp_path / "s")
+    run_conversion(
+        VqaConverter(tmp_path / "d.jsonl", tmp_path, ConvertOptions(name="vqa")), tmp_path / "s"
+    )
     s = SampleStore.open(tmp_path / "s")
     turns = s.read_conversation(0)
-    assert [(t.role, t.text) for t in turns] == [("user", "What is on the table?"), ("assistant", "Bottles.")]
+    assert [(t.role, t.text) for t in turns] == [
+        ("user", "What is on the table?"),
+        ("assistant", "Bottles."),
+    ]
     np.testing.assert_array_equal(s.read_image(0), rgb)  # PNG is stored losslessly
     assert len(s.read_conversation(1)) == 4
     with pytest.raises(KeyError, match="no image"):
@@ -233,13 +303,19 @@ def bad_coco(voc_coco: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path, d
 
 def _convert(ann: Path, images: Path, data: dict[str, Any], out: Path, **kw: Any) -> Any:
     ann.write_text(json.dumps(data))
-    return run_conversion(CocoInstancesConverter(ann, images, ConvertOptions(name="bad")), out, batch_size=2, **kw)
+    return run_conversion(
+        CocoInstancesConverter(ann, images, ConvertOptions(name="bad")), out, batch_size=2, **kw
+    )
 
 
-def test_missing_image_names_file_and_id(bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_missing_image_names_file_and_id(
+    bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
     ann, images, data = bad_coco
     (images / "000000000101.jpg").unlink()
-    with pytest.raises(ConversionError, match=r"000000000101\.jpg: item '101': image file cannot be read"):
+    with pytest.raises(
+        ConversionError, match=r"000000000101\.jpg: item '101': image file cannot be read"
+    ):
         _convert(ann, images, data, tmp_path / "s")
     m = _convert(ann, images, data, tmp_path / "s2", skip_bad=True)
     assert m.num_samples == 2
@@ -251,28 +327,45 @@ def test_corrupt_image(bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Pa
     ann, images, data = bad_coco
     p = images / "000000000102.jpg"
     p.write_bytes(p.read_bytes()[:2000])
-    with pytest.raises(ConversionError, match=r"000000000102\.jpg: item '102': corrupt or unreadable image"):
+    with pytest.raises(
+        ConversionError, match=r"000000000102\.jpg: item '102': corrupt or unreadable image"
+    ):
         _convert(ann, images, data, tmp_path / "s")
 
 
-def test_json_not_matching_the_format(bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_json_not_matching_the_format(
+    bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
     ann, images, data = bad_coco
     del data["annotations"][5]["segmentation"]
-    with pytest.raises(ConversionError, match=r"ann\.json: item 'annotations\[5\] id=6'.*segmentation"):
+    with pytest.raises(
+        ConversionError, match=r"ann\.json: item 'annotations\[5\] id=6'.*segmentation"
+    ):
         _convert(ann, images, data, tmp_path / "s")
     with pytest.raises(ConversionError, match="top-level key 'images'"):
         _convert(ann, images, {"foo": []}, tmp_path / "s2")
     ann.write_text("{not json")
     with pytest.raises(ConversionError, match="not valid JSON"):
-        run_conversion(CocoInstancesConverter(ann, images, ConvertOptions(name="b")), tmp_path / "s3")
+        run_conversion(
+            CocoInstancesConverter(ann, images, ConvertOptions(name="b")), tmp_path / "s3"
+        )
 
 
-def test_mask_size_disagreeing_with_image(bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_mask_size_disagreeing_with_image(
+    bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
     ann, images, data = bad_coco
-    a = next(a for a in data["annotations"] if isinstance(a["segmentation"], dict) and a["image_id"] == 100)
+    a = next(
+        a
+        for a in data["annotations"]
+        if isinstance(a["segmentation"], dict) and a["image_id"] == 100
+    )
     small = rle.encode(np.asfortranarray(np.ones((10, 10), np.uint8)))
     a["segmentation"] = {"size": [10, 10], "counts": small["counts"].decode()}
-    with pytest.raises(ConversionError, match=rf"item '100 \(annotation {a['id']}\)': mask size \[10, 10\] disagrees"):
+    with pytest.raises(
+        ConversionError,
+        match=rf"item '100 \(annotation {a['id']}\)': mask size \[10, 10\] disagrees",
+    ):
         _convert(ann, images, data, tmp_path / "s")
     data2 = json.loads(json.dumps(data))
     data2["images"][0]["width"] = 640  # the JSON disagrees with the JPEG
@@ -286,11 +379,14 @@ def test_duplicate_ids(bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Pa
     with pytest.raises(ConversionError, match=r"ann\.json: item '101': duplicate image id 101"):
         _convert(ann, images, data, tmp_path / "s")
     m = _convert(ann, images, data, tmp_path / "s2", skip_bad=True)
-    assert m.num_samples == 3 and [s.reason for s in m.skipped] == ["duplicate image id 101"]
+    assert m.num_samples == 3
+    assert [s.reason for s in m.skipped] == ["duplicate image id 101"]
     data = json.loads(ann.read_text())
     data["images"].pop()
     data["annotations"][3]["id"] = data["annotations"][2]["id"]
-    with pytest.raises(ConversionError, match=rf"item '{data['annotations'][2]['id']}': duplicate annotation id"):
+    with pytest.raises(
+        ConversionError, match=rf"item '{data['annotations'][2]['id']}': duplicate annotation id"
+    ):
         _convert(ann, images, data, tmp_path / "s3")
 
 
@@ -298,13 +394,18 @@ def test_bad_vqa_records(tmp_path: Path) -> None:
     bad = {"id": "x", "conversations": [{"from": "gpt", "value": "no question"}]}
     (tmp_path / "d.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(ConversionError, match=r"d\.jsonl: item 'x': turn 0 is from assistant"):
-        run_conversion(VqaConverter(tmp_path / "d.jsonl", tmp_path, ConvertOptions(name="v")), tmp_path / "s")
+        run_conversion(
+            VqaConverter(tmp_path / "d.jsonl", tmp_path, ConvertOptions(name="v")), tmp_path / "s"
+        )
     (tmp_path / "e.jsonl").write_text("{\n")
     with pytest.raises(ConversionError, match="item 'line 1': not valid JSON"):
-        run_conversion(VqaConverter(tmp_path / "e.jsonl", tmp_path, ConvertOptions(name="v")), tmp_path / "s2")
+        run_conversion(
+            VqaConverter(tmp_path / "e.jsonl", tmp_path, ConvertOptions(name="v")), tmp_path / "s2"
+        )
 
 
 def test_errors_are_value_errors() -> None:
     err = ConversionError("f.json", "7", "why")
-    assert isinstance(err, SgtDataError) and isinstance(err, ValueError)
+    assert isinstance(err, SgtDataError)
+    assert isinstance(err, ValueError)
     assert str(err) == "f.json: item '7': why"

@@ -36,7 +36,9 @@ def _noisy(rgb: NDArray[np.uint8], amp: int, seed: int = 0) -> NDArray[np.uint8]
     return np.clip(rgb.astype(np.int32) + noise, 0, 255).astype(np.uint8)
 
 
-def test_instance_round_trip_on_voc(voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]]) -> None:
+def test_instance_round_trip_on_voc(
+    voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]],
+) -> None:
     _, labels, _ = voc
     r = InstanceRenderer(seed=3)
     slots = r.assign(labels)
@@ -78,7 +80,9 @@ def test_palette_is_spread_and_avoids_black() -> None:
     np.testing.assert_array_equal(distinct_palette(512, 0), distinct_palette(512, 0))
 
 
-def test_semantic_round_trip(voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]]) -> None:
+def test_semantic_round_trip(
+    voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]],
+) -> None:
     _, labels, classes = voc
     sem = np.concatenate([[0], classes])[labels].astype(np.uint16)
     r = SemanticRenderer(seed=0)
@@ -94,7 +98,9 @@ def test_semantic_round_trip(voc: tuple[NDArray[np.uint8], NDArray[np.uint16], N
         r.render(np.full((2, 2), 300, np.uint16))
 
 
-def test_panoptic_round_trip(voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]]) -> None:
+def test_panoptic_round_trip(
+    voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]],
+) -> None:
     _, labels, classes = voc
     # make the two dining tables (class 11) "stuff" merged into one segment, the rest things
     seg = labels.copy()
@@ -113,7 +119,9 @@ def test_panoptic_round_trip(voc: tuple[NDArray[np.uint8], NDArray[np.uint16], N
     assert (rgb[seg == stuff_ids[0]] == sem_colour).all()
 
 
-def test_edge_round_trip(voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]]) -> None:
+def test_edge_round_trip(
+    voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]],
+) -> None:
     rgb, _, _ = voc
     r = EdgeRenderer(low=50, high=150)
     edges = r.compute(rgb)
@@ -147,7 +155,9 @@ def test_depth_round_trip_up_to_quantisation() -> None:
     assert np.abs(near[0, 1:].astype(int) - every[0, 1:]).max() <= 9  # 3 channels x 3
 
 
-def test_reconstruction_is_identity(voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]]) -> None:
+def test_reconstruction_is_identity(
+    voc: tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.int64]],
+) -> None:
     rgb, _, _ = voc
     r = ReconstructionRenderer()
     np.testing.assert_array_equal(r.inverse(r.render(rgb)), rgb)

@@ -45,7 +45,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def reference(source: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "store"
-    run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True)), out, batch_size=2)
+    run_conversion(
+        CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True)), out, batch_size=2
+    )
     return out
 
 
@@ -107,8 +109,12 @@ def test_resume_refuses_other_options(source: tuple[Path, Path], tmp_path: Path)
     out = tmp_path / "s"
     run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k")), out, batch_size=2)
     with pytest.raises(StoreError, match=r"other inputs or options \(edge"):
-        run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True)), out, batch_size=2)
-    again = run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k")), out, batch_size=2)
+        run_conversion(
+            CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True)), out, batch_size=2
+        )
+    again = run_conversion(
+        CocoInstancesConverter(*source, ConvertOptions(name="k")), out, batch_size=2
+    )
     assert again == SampleStore.open(out).manifest  # a finished store is left as it is
 
 
@@ -119,7 +125,9 @@ def test_verify_names_what_is_wrong(reference: Path, tmp_path: Path) -> None:
     # damage one shard of the label maps: its array checksum and the samples in it are named
     shard = next(p for p in sorted((store / "labels" / "segments" / "c").iterdir()) if p.is_file())
     raw = bytearray(shard.read_bytes())
-    raw[50] ^= 0xFF  # inside the first sample's label frame (chunks come first, the shard index last)
+    raw[50] ^= (
+        0xFF  # inside the first sample's label frame (chunks come first, the shard index last)
+    )
     shard.write_bytes(bytes(raw))
     problems = verify_store(store)
     assert any(p.startswith("array 'labels/segments'") for p in problems), problems
@@ -134,6 +142,19 @@ def test_verify_names_what_is_wrong(reference: Path, tmp_path: Path) -> None:
     assert "manifest says 99" in verify_store(store)[0]
 
 
+def test_sample_store_is_a_store_reader(reference: Path) -> None:
+    from sgt_data.datasets import StoreReader
+
+    store = SampleStore.open(reference)
+    assert isinstance(store, StoreReader)
+    assert store.name == "k"
+    assert len(store) == 14
+    assert store.read_target(0, TaskKind.SEGMENTATION, "instance").shape == (150, 200, 3)
+    with pytest.raises(KeyError, match="sample 0 has no depth target"):
+        store.read_target(0, TaskKind.DEPTH)
+    assert store.read_conversation(0) == ()
+
+
 def test_plain_zarr_can_read_the_store(reference: Path) -> None:
     g = zarr.open_group(str(reference), mode="r")
     layout = g.attrs["sgt"]
@@ -142,7 +163,9 @@ def test_plain_zarr_can_read_the_store(reference: Path) -> None:
     row = np.asarray(g["index"][3])
     h, w = int(row[cols["height"]]), int(row[cols["width"]])
     off, n = int(row[cols["image.offset"]]), int(row[cols["image.length"]])
-    img = np.asarray(Image.open(io.BytesIO(np.asarray(g["image"][off : off + n]).tobytes())).convert("RGB"))
+    img = np.asarray(
+        Image.open(io.BytesIO(np.asarray(g["image"][off : off + n]).tobytes())).convert("RGB")
+    )
     off, n = int(row[cols["labels/segments.offset"]]), int(row[cols["labels/segments.length"]])
     # label maps: one zstd frame per sample (any zstd decoder), dtype in the layout attributes
     frame = np.asarray(g["labels/segments"][off : off + n]).tobytes()
@@ -152,7 +175,10 @@ def test_plain_zarr_can_read_the_store(reference: Path) -> None:
     np.testing.assert_array_equal(img, s.read_image(3))
     np.testing.assert_array_equal(labels, s.read_label_map(3, TaskKind.SEGMENTATION, "instance"))
     bit = layout["task_bits"]["edge/"]
-    np.testing.assert_array_equal(np.flatnonzero(np.asarray(g["index"][:, cols["tasks"]]) & bit), s.indices_with(TaskKind.EDGE))
+    np.testing.assert_array_equal(
+        np.flatnonzero(np.asarray(g["index"][:, cols["tasks"]]) & bit),
+        s.indices_with(TaskKind.EDGE),
+    )
     assert g["labels/segments"].shards is not None, "flat arrays are sharded"
 
 

@@ -71,8 +71,13 @@ def test_conventions_describe_the_same_path() -> None:
     # the target is the time derivative of the path in each convention
     eps = 1e-3
     for convention, t0 in (("noise_at_one", t_bagel), ("data_at_one", t_omni)):
-        finite = (interpolate(data, noise, t0 + eps, convention) - interpolate(data, noise, t0, convention)) / eps  # type: ignore[arg-type]
-        torch.testing.assert_close(finite, velocity_target(data, noise, convention), rtol=0, atol=1e-2)  # type: ignore[arg-type]
+        finite = (
+            interpolate(data, noise, t0 + eps, convention)
+            - interpolate(data, noise, t0, convention)
+        ) / eps  # type: ignore[arg-type]
+        torch.testing.assert_close(
+            finite, velocity_target(data, noise, convention), rtol=0, atol=1e-2
+        )  # type: ignore[arg-type]
 
 
 def test_training_times_of_both_conventions_mirror_each_other() -> None:
@@ -94,7 +99,8 @@ def test_dynamic_shift_needs_the_token_count_and_uses_it() -> None:
     small = sample_training_timesteps(2000, config, "noise_at_one", num_tokens=256)
     torch.manual_seed(1)
     large = sample_training_timesteps(2000, config, "noise_at_one", num_tokens=4096)
-    assert bool((large >= small).all()) and float(large.mean()) > float(small.mean()) + 0.05
+    assert bool((large >= small).all())
+    assert float(large.mean()) > float(small.mean()) + 0.05
 
 
 def test_training_pair_uses_the_global_rng_reproducibly() -> None:
@@ -107,7 +113,8 @@ def test_training_pair_uses_the_global_rng_reproducibly() -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert torch.equal(torch.get_rng_state(), state)
     x_t, t, target = first
-    assert t.shape == (3,) and bool(((t > 0) & (t < 1)).all())
+    assert t.shape == (3,)
+    assert bool(((t > 0) & (t < 1)).all())
     # x_t lies on the path: x_t = t x0 + (1 - t) eps with eps = x0 - target
     noise = data - target
     torch.testing.assert_close(x_t, t.view(-1, 1, 1, 1) * data + (1 - t.view(-1, 1, 1, 1)) * noise)

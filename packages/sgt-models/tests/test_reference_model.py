@@ -71,7 +71,7 @@ def test_segmentation_input_reaches_the_generator_only_through_the_understanding
         torch.manual_seed(0)
         out = adapter.loss(adapter.collate(samples), LossWeights(ce=0.0))
         out.total.backward()
-        losses.append(float(out.parts["mse"]))
+        losses.append(float(out.parts["mse"].detach()))
         grads = [p.grad for p in adapter.vision_encoder.parameters()]
         assert all(g is not None for g in grads)
         assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
@@ -86,7 +86,7 @@ def test_vae_reference_input_doubles_the_generator_input() -> None:
     batch = adapter.collate(contract_samples())
     assert batch.reference_pixels is not None
     # the text-to-image row (no input image) gets an all-zero reference
-    t2i = list(batch.tasks[i] for i in batch.gen_rows.tolist()).index("text_to_image")
+    t2i = [batch.tasks[i] for i in batch.gen_rows.tolist()].index("text_to_image")
     assert float(batch.reference_pixels[t2i].abs().sum()) == 0.0
     assert float(batch.reference_pixels[1 - t2i].abs().sum()) > 0.0
 
@@ -135,7 +135,7 @@ def test_collate_layout_and_labels(model: ReferenceAdapter) -> None:
     assert batch.pixel_values.shape == (3, 3, 64, 64)
     assert batch.gen_rows.tolist() == [1, 3]
     # labels are exactly the answer tokens plus <eos>, only on understanding rows
-    answer = proc.encode_text("a red cube on a table") + [proc.eos_id]
+    answer = [*proc.encode_text("a red cube on a table"), proc.eos_id]
     assert batch.labels[0][batch.labels[0] != -100].tolist() == answer
     assert bool((batch.labels[[1, 3]] == -100).all())
     assert int(batch.cond_prefix[3]) == 1  # text-to-image: no image, the prefix is <bos>
@@ -147,7 +147,8 @@ def test_tokenizer_is_deterministic_and_round_trips() -> None:
     assert [a.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
     text = "Segment instances with different colors. Zebra? 42 — ünïcode"
     assert a.decode(a.encode(text).ids) == text
-    assert len(a.encode(text).ids) < len(text.encode()) / 2
+    # corpus words compress (12 tokens for 40 bytes), unseen bytes still encode
+    assert len(a.encode("Segment instances with different colors.").ids) <= 12
 
 
 def test_bfloat16_config_trains() -> None:
@@ -156,7 +157,8 @@ def test_bfloat16_config_trains() -> None:
     assert adapter.llm.lm_head.weight.dtype == torch.bfloat16
     out = adapter.loss(adapter.collate(contract_samples()))
     out.total.backward()
-    assert torch.isfinite(out.total) and out.parts["ce"].dtype == torch.float32
+    assert torch.isfinite(out.total)
+    assert out.parts["ce"].dtype == torch.float32
 
 
 def test_small_preset_has_about_100m_parameters() -> None:
@@ -167,12 +169,14 @@ def test_small_preset_has_about_100m_parameters() -> None:
 
 
 def test_indivisible_image_size_is_rejected() -> None:
-    with pytest.raises(ReferenceConfigError, match="image_size=60 .* multiple of the vision patch"):
+    with pytest.raises(
+        ReferenceConfigError, match=r"image_size=60 .* multiple of the vision patch"
+    ):
         ReferenceAdapter(ReferenceAdapterConfig(size="tiny", image_size=60))
 
 
 def test_missing_vae_folder_is_named(tmp_path: object) -> None:
-    with pytest.raises(ReferenceCheckpointError, match="nowhere.*missing"):
+    with pytest.raises(ReferenceCheckpointError, match=r"nowhere.*missing"):
         ReferenceAdapter(
             ReferenceAdapterConfig(latent_source="vae", vae_path=f"{tmp_path}/nowhere")
         )
@@ -184,7 +188,7 @@ def test_missing_checkpoint_file_is_named(model: ReferenceAdapter, tmp_path: obj
     folder = Path(str(tmp_path))
     model.save_pretrained(folder)
     (folder / "tokenizer.json").unlink()
-    with pytest.raises(ReferenceCheckpointError, match="tokenizer.json is missing"):
+    with pytest.raises(ReferenceCheckpointError, match=r"tokenizer\.json is missing"):
         ReferenceAdapter.from_pretrained(folder)
 
 
@@ -201,6 +205,7 @@ def test_understanding_sample_without_image_is_text_only(model: ReferenceAdapter
         sample_id="x", source="t", task=TaskKind.UNDERSTANDING, instruction="Hi?", answer="yes"
     )
     batch = model.collate([sample, contract_samples()[0]])
-    assert batch.has_image.tolist() == [False, True] and batch.pixel_values.shape[0] == 1
+    assert batch.has_image.tolist() == [False, True]
+    assert batch.pixel_values.shape[0] == 1
     torch.manual_seed(0)
     assert torch.isfinite(model.loss(batch).total)

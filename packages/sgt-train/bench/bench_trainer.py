@@ -5,7 +5,7 @@ pre-built micro-batches (2:1 segmentation : VQA interleave) with AdamW, the same
 gradient accumulation and clipping, in this process. The trainer's time excludes start-up and
 checkpoints (timed between its step hooks). Target: DeepSpeed overhead <= 15 %.
 
-    python packages/sgt-train/bench/bench_trainer.py [--steps 30]
+    python packages/sgt-train/bench/bench_trainer.py [--steps 10] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import Any
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from sgt_data import Sample, TaskKind  # noqa: E402
-from sgt_models.registry import build_adapter  # noqa: E402
-from sgt_train import validate_run_config  # noqa: E402
-from sgt_train.loop import Hooks, StepMetrics, fit  # noqa: E402
-from sgt_train.schedule import make_scheduler  # noqa: E402
+from sgt_data import Sample, TaskKind
+from sgt_models.registry import build_adapter
+from sgt_train import validate_run_config
+from sgt_train.loop import Hooks, StepMetrics, fit
+from sgt_train.schedule import make_scheduler
 
-WARMUP = 3
+WARMUP = 2
 PATTERN = (TaskKind.SEGMENTATION, TaskKind.SEGMENTATION, TaskKind.UNDERSTANDING)
 
 
@@ -37,8 +37,22 @@ def _sample(index: int, task: TaskKind) -> Sample:
     rng = np.random.default_rng(index)
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     if task is TaskKind.UNDERSTANDING:
-        return Sample(sample_id=f"b:{index}", source="bench", task=task, instruction="How many shapes?", image=image, answer="three")
-    return Sample(sample_id=f"b:{index}", source="bench", task=task, instruction="Segment instances with different colors.", image=image, target_image=255 - image)
+        return Sample(
+            sample_id=f"b:{index}",
+            source="bench",
+            task=task,
+            instruction="How many shapes?",
+            image=image,
+            answer="three",
+        )
+    return Sample(
+        sample_id=f"b:{index}",
+        source="bench",
+        task=task,
+        instruction="Segment instances with different colors.",
+        image=image,
+        target_image=255 - image,
+    )
 
 
 class _Batches:
@@ -81,8 +95,8 @@ def _config(out: str, steps: int, stage: int) -> Any:
             "schedule": {"kind": "cosine", "warmup_steps": 2},
             "loss_weights": {"ce": 1.5, "mse": 1.0},
             "steps": steps,
-            "micro_batch_size": 4,
-            "gradient_accumulation": 3,
+            "micro_batch_size": 2,
+            "gradient_accumulation": 2,
             "zero": {"stage": stage},
             "checkpoint": {"every": 10_000, "keep_last": 1},
             "logging": {"every": 10_000, "tensorboard": False, "progress_bar": False},
@@ -98,7 +112,9 @@ def plain_loop(config: Any) -> float:
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.optimizer.lr, betas=config.optimizer.betas, eps=config.optimizer.eps,
+        lr=config.optimizer.lr,
+        betas=config.optimizer.betas,
+        eps=config.optimizer.eps,
     )
     sched = make_scheduler(opt, config.optimizer.lr, config.schedule, config.steps)
     batches = iter(_Batches(config.micro_batch_size, 3 * config.gradient_accumulation))
@@ -125,26 +141,37 @@ def trainer(config: Any) -> float:
     def on_step(m: StepMetrics) -> None:
         stamps[m.step] = time.perf_counter()
 
-    fit(config, source=_Batches(config.micro_batch_size, 3 * config.gradient_accumulation), hooks=Hooks(on_step=[on_step]))
+    fit(
+        config,
+        source=_Batches(config.micro_batch_size, 3 * config.gradient_accumulation),
+        hooks=Hooks(on_step=[on_step]),
+        resume=False,
+    )
     return (config.steps - WARMUP) / (stamps[config.steps] - stamps[WARMUP])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    rows: dict[str, list[float]] = {"plain PyTorch": [], "sgt-train ZeRO-0": [], "sgt-train ZeRO-2": []}
+    rows: dict[str, list[float]] = {
+        "plain PyTorch": [],
+        "sgt-train ZeRO-0": [],
+        "sgt-train ZeRO-2": [],
+    }
     with tempfile.TemporaryDirectory(prefix="sgt-bench-") as tmp:
         for _ in range(args.repeats):  # interleaved, best of repeats: the machine is shared
             rows["plain PyTorch"].append(plain_loop(_config(tmp, args.steps, 0)))
             rows["sgt-train ZeRO-0"].append(trainer(_config(tmp + "/a", args.steps, 0)))
             rows["sgt-train ZeRO-2"].append(trainer(_config(tmp + "/b", args.steps, 2)))
     base = max(rows["plain PyTorch"])
-    print(f"\ntiny reference model, micro-batch 4 x accumulation 3, {args.steps} steps "
-          f"({WARMUP} warm-up), best of {args.repeats}, torch threads {torch.get_num_threads()}")
+    print(
+        f"\ntiny reference model, micro-batch 2 x accumulation 2, {args.steps} steps "
+        f"({WARMUP} warm-up), best of {args.repeats}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'loop':<20} {'steps/s':>9} {'vs plain':>9} {'overhead':>9}")
     for name, values in rows.items():
         best = max(values)

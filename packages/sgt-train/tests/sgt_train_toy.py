@@ -43,7 +43,9 @@ class ToyBatch:
                 return None
             return t.to(device=device, dtype=dtype if floating and dtype is not None else t.dtype)
 
-        return ToyBatch(move(self.images, True), move(self.targets, True), move(self.answers, False), self.tasks)  # type: ignore[arg-type]
+        return ToyBatch(
+            move(self.images, True), move(self.targets, True), move(self.answers, False), self.tasks
+        )  # type: ignore[arg-type]
 
 
 class ToyAdapter(nn.Module):
@@ -56,15 +58,32 @@ class ToyAdapter(nn.Module):
         self.vision = nn.Linear(PIX, width)
         self.llm = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
         self.lm_head = nn.Linear(width, VOCAB * ANSWER_LEN)
-        self.generator = nn.Sequential(nn.Linear(PIX + width + 1, width), nn.GELU(), nn.Linear(width, PIX))
+        self.generator = nn.Sequential(
+            nn.Linear(PIX + width + 1, width), nn.GELU(), nn.Linear(width, PIX)
+        )
 
     def collate(self, samples: Sequence[Sample]) -> ToyBatch:
-        images = torch.from_numpy(np.stack([s.image for s in samples])).float().div(255).reshape(len(samples), -1)
+        images = (
+            torch.from_numpy(np.stack([s.image for s in samples]))
+            .float()
+            .div(255)
+            .reshape(len(samples), -1)
+        )
         targets = answers = None
         if all(s.target_image is not None for s in samples):
-            targets = torch.from_numpy(np.stack([s.target_image for s in samples])).float().div(255).reshape(len(samples), -1)
+            targets = (
+                torch.from_numpy(np.stack([s.target_image for s in samples]))
+                .float()
+                .div(255)
+                .reshape(len(samples), -1)
+            )
         if all(s.answer is not None for s in samples):
-            answers = torch.tensor([[ord(c) % VOCAB for c in (s.answer or "")[:ANSWER_LEN].ljust(ANSWER_LEN)] for s in samples])
+            answers = torch.tensor(
+                [
+                    [ord(c) % VOCAB for c in (s.answer or "")[:ANSWER_LEN].ljust(ANSWER_LEN)]
+                    for s in samples
+                ]
+            )
         return ToyBatch(images, targets, answers, [s.task.value for s in samples])
 
     def forward(self, batch: ToyBatch, weights: LossWeights = LossWeights()) -> LossOutput:  # noqa: B008
@@ -111,11 +130,15 @@ class ToyAdapter(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps({"adapter": self.config.model_dump(mode="json"), "width": self.width}))
+        (folder / "config.json").write_text(
+            json.dumps({"adapter": self.config.model_dump(mode="json"), "width": self.width})
+        )
         torch.save(self.state_dict(), folder / "model.pt")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Self:
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> Self:
         folder = Path(path)
         meta = json.loads((folder / "config.json").read_text())
         model = cls(ReferenceAdapterConfig.model_validate(meta["adapter"]), width=meta["width"])
@@ -128,15 +151,31 @@ def toy_sample(index: int, task: TaskKind, seed: int = 0) -> Sample:
     image = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
     if task is TaskKind.UNDERSTANDING:
         answer = "".join("abcdefgh"[int(v) % 8] for v in image[0, :ANSWER_LEN, 0])
-        return Sample(sample_id=f"toy:{index}", source="toy", task=task, instruction="what?", image=image, answer=answer)
+        return Sample(
+            sample_id=f"toy:{index}",
+            source="toy",
+            task=task,
+            instruction="what?",
+            image=image,
+            answer=answer,
+        )
     target = (255 - image) // 2
-    return Sample(sample_id=f"toy:{index}", source="toy", task=task, instruction="segment", image=image, target_image=target)
+    return Sample(
+        sample_id=f"toy:{index}",
+        source="toy",
+        task=task,
+        instruction="segment",
+        image=image,
+        target_image=target,
+    )
 
 
 class ToySource:
     """Interleaves micro-batches by ``mixture.pattern``; rank r takes every world-th micro-batch."""
 
-    def __init__(self, mixture: MixtureConfig, micro_batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, mixture: MixtureConfig, micro_batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         tasks = {s.name: s.task for s in mixture.sources}
         pattern = mixture.pattern or tuple(s.name for s in mixture.sources)
         self.tasks = [tasks[name] for name in pattern]

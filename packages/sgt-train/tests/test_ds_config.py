@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from toy_worker import make_config
 
 from sgt_train import validate_run_config
 from sgt_train.ds_config import build_ds_config, merge_raw
+from toy_worker import make_config
 
 
 def _config(**changes: Any) -> dict[str, Any]:
@@ -17,7 +17,13 @@ def _config(**changes: Any) -> dict[str, Any]:
 
 def test_derived_keys_follow_the_run_config() -> None:
     config = validate_run_config(
-        _config(precision="bf16", grad_clip=0.5, zero={"stage": 2}, micro_batch_size=3, gradient_accumulation=4)
+        _config(
+            precision="bf16",
+            grad_clip=0.5,
+            zero={"stage": 2},
+            micro_batch_size=3,
+            gradient_accumulation=4,
+        )
     )
     ds = build_ds_config(config, world_size=8)
     assert ds["train_micro_batch_size_per_gpu"] == 3
@@ -35,7 +41,9 @@ def test_derived_keys_follow_the_run_config() -> None:
 
 def test_offload_uses_cpu_adam_and_no_clip_means_zero() -> None:
     config = validate_run_config(
-        _config(grad_clip=None, zero={"stage": 3, "offload_optimizer": True, "offload_params": True})
+        _config(
+            grad_clip=None, zero={"stage": 3, "offload_optimizer": True, "offload_params": True}
+        )
     )
     ds = build_ds_config(config)
     assert ds["gradient_clipping"] == 0.0
@@ -63,7 +71,8 @@ def test_merge_does_not_mutate_inputs() -> None:
     raw = {"a": {"c": [1]}}
     merged = merge_raw(base, raw)
     merged["a"]["c"].append(2)
-    assert base == {"a": {"b": 1}} and raw == {"a": {"c": [1]}}
+    assert base == {"a": {"b": 1}}
+    assert raw == {"a": {"c": [1]}}
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from sgt_train_toy import ToyAdapter, ToySource, toy_sample
-from toy_worker import make_config
 
 from sgt_data import TaskKind
 from sgt_train import validate_run_config
 from sgt_train.cli import main
 from sgt_train.export import ExportError, export_run
 from sgt_train.loop import fit
+from sgt_train_toy import ToyAdapter, ToySource, toy_sample
+from toy_worker import make_config
 
 
 def _outputs(model: ToyAdapter) -> dict[str, torch.Tensor]:
@@ -34,13 +34,17 @@ def test_export_round_trips_trained_and_ema_weights(tmp_path: Path, stage: int) 
     trained = result.model
     assert isinstance(trained, ToyAdapter)
 
-    raw_dir = export_run(result.run_dir, tmp_path / "raw", ema=False, build_model=lambda _: ToyAdapter())
+    raw_dir = export_run(
+        result.run_dir, tmp_path / "raw", ema=False, build_model=lambda _: ToyAdapter()
+    )
     raw = ToyAdapter.from_pretrained(raw_dir)
     expected, got = _outputs(trained), _outputs(raw)
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
 
-    ema_dir = export_run(result.run_dir, tmp_path / "ema", ema=True, build_model=lambda _: ToyAdapter())
+    ema_dir = export_run(
+        result.run_dir, tmp_path / "ema", ema=True, build_model=lambda _: ToyAdapter()
+    )
     ema = ToyAdapter.from_pretrained(ema_dir)
     shadow = torch.load(result.last_checkpoint / "ema.pt", weights_only=False)["shadow"]  # type: ignore[operator]
     for name, value in ema.state_dict().items():

@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sgt_train.checkpoint import latest_checkpoint
 from sgt_train.launch import free_port
 
@@ -46,7 +44,18 @@ def _result(out: Path, rank: int = 0) -> dict[str, Any]:
 
 def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(WORKER), "--out", str(tmp_path), "--steps", "10000", "--every", "10000", "--step-sleep", "0.05"],
+        [
+            sys.executable,
+            str(WORKER),
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "10000",
+            "--every",
+            "10000",
+            "--step-sleep",
+            "0.05",
+        ],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -67,7 +76,8 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path: Path) -> None:
     stopped_at = result["final_step"]
     assert 3 <= stopped_at < 10000
     ckpt = latest_checkpoint(tmp_path / "toy" / "checkpoints")
-    assert ckpt is not None and ckpt.name == f"step_{stopped_at:08d}"
+    assert ckpt is not None
+    assert ckpt.name == f"step_{stopped_at:08d}"
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == stopped_at
 
 
@@ -85,7 +95,8 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     resumed = _worker(tmp_path / "run", "--steps", "6", "--every", "2")
     assert resumed.returncode == 0, resumed.stderr
     res = _result(tmp_path / "run")
-    assert res["start_step"] == 2 and res["final_step"] == 6
+    assert res["start_step"] == 2
+    assert res["final_step"] == 6
     assert res["losses"] == ref["losses"][2:]
     assert res["weights_sha256"] == ref["weights_sha256"]
     assert not (checkpoints / ".staging-step_00000004").exists()
@@ -97,10 +108,24 @@ def test_two_process_zero2_under_torchrun(tmp_path: Path) -> None:
     """The tiny reference model, ZeRO-2, gloo, 2 ranks: replicas agree and the loss is global."""
     proc = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nproc_per_node", "2", "--master_port", str(free_port()),
-            str(WORKER), "--out", str(tmp_path), "--stage", "2", "--steps", "3", "--every", "3",
-            "--model", "reference",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(WORKER),
+            "--out",
+            str(tmp_path),
+            "--stage",
+            "2",
+            "--steps",
+            "3",
+            "--every",
+            "3",
+            "--model",
+            "reference",
         ],
         env=_env(),
         capture_output=True,
@@ -118,6 +143,9 @@ def test_two_process_zero2_under_torchrun(tmp_path: Path) -> None:
     assert all(x == x and 0 < x < 10 for x in ranks[0]["losses"])
     ds = tmp_path / "toy" / "checkpoints" / "step_00000003" / "ds"
     shards = sorted(p.name for p in ds.glob("*optim_states.pt"))
-    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert shards == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     rows = [json.loads(x) for x in (tmp_path / "toy" / "metrics.jsonl").read_text().splitlines()]
     assert [r["samples"] for r in rows] == [8, 16, 24]  # 2 ranks x 2 micro-batches x 2 samples

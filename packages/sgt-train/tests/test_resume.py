@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from sgt_train_toy import ToyAdapter, ToySource
-from toy_worker import make_config
 
 from sgt_train import validate_run_config
 from sgt_train.loop import FitResult, Hooks, StepMetrics, fit
+from sgt_train_toy import ToyAdapter, ToySource
+from toy_worker import make_config
 
 
 def _fit(out: Path, stage: int, hooks: Hooks | None = None) -> tuple[FitResult, ToyAdapter]:
     config = validate_run_config(make_config(str(out), stage, steps=7, every=3))
-    result = fit(config, build_model=lambda _: ToyAdapter(), source=ToySource(config.data, 2), hooks=hooks)
+    result = fit(
+        config, build_model=lambda _: ToyAdapter(), source=ToySource(config.data, 2), hooks=hooks
+    )
     assert isinstance(result.model, ToyAdapter)
     return result, result.model
 
@@ -34,17 +36,23 @@ def _sigterm_at(step: int) -> Hooks:
 @pytest.mark.parametrize("stage", [0, 2])
 def test_resumed_run_reproduces_uninterrupted_losses(tmp_path: Path, stage: int) -> None:
     full, full_model = _fit(tmp_path / "full", stage)
-    assert full.final_step == 7 and len(full.losses) == 7
+    assert full.final_step == 7
+    assert len(full.losses) == 7
 
     # preempted at step 4 (not a checkpoint step): SIGTERM writes a checkpoint there
     first, _ = _fit(tmp_path / "split", stage, _sigterm_at(4))
-    assert first.preempted and first.final_step == 4
-    assert first.last_checkpoint is not None and first.last_checkpoint.name == "step_00000004"
+    assert first.preempted
+    assert first.final_step == 4
+    assert first.last_checkpoint is not None
+    assert first.last_checkpoint.name == "step_00000004"
     resumed, resumed_model = _fit(tmp_path / "split", stage)
-    assert resumed.start_step == 4 and resumed.final_step == 7
+    assert resumed.start_step == 4
+    assert resumed.final_step == 7
 
     assert first.losses + resumed.losses == full.losses  # exact float equality
-    for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     ema_full = torch.load(full.run_dir / "checkpoints/step_00000007/ema.pt", weights_only=False)
     ema_split = torch.load(resumed.run_dir / "checkpoints/step_00000007/ema.pt", weights_only=False)
@@ -60,7 +68,10 @@ def test_resumed_run_reproduces_uninterrupted_losses(tmp_path: Path, stage: int)
 
 def test_retention_keeps_last_k(tmp_path: Path) -> None:
     config = validate_run_config(
-        {**make_config(str(tmp_path), 0, steps=5, every=1), "checkpoint": {"every": 1, "keep_last": 2}}
+        {
+            **make_config(str(tmp_path), 0, steps=5, every=1),
+            "checkpoint": {"every": 1, "keep_last": 2},
+        }
     )
     fit(config, build_model=lambda _: ToyAdapter(), source=ToySource(config.data, 2))
     names = sorted(p.name for p in (tmp_path / "toy" / "checkpoints").iterdir())

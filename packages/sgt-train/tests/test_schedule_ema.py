@@ -20,7 +20,9 @@ def test_warmup_then_constant() -> None:
 def test_cosine_reaches_min_lr_at_the_end() -> None:
     schedule = ScheduleConfig(kind="cosine", warmup_steps=2, min_lr=0.1)
     assert lr_at(2, 1.0, schedule, 12) == pytest.approx(1.0)
-    assert lr_at(7, 1.0, schedule, 12) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(7, 1.0, schedule, 12) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))
+    )
     assert lr_at(12, 1.0, schedule, 12) == pytest.approx(0.1)
     assert lr_at(50, 1.0, schedule, 12) == pytest.approx(0.1)
 
@@ -47,6 +49,7 @@ def test_ema_update_and_state_round_trip() -> None:
     assert torch.allclose(ema.shadow["w"], torch.tensor([2.0, 3.0]))
     other = EMA([("w", torch.zeros(2))], decay=0.5)
     other.load_state_dict(ema.state_dict())
-    assert torch.equal(other.shadow["w"], ema.shadow["w"]) and other.decay == 0.9
+    assert torch.equal(other.shadow["w"], ema.shadow["w"])
+    assert other.decay == 0.9
     with pytest.raises(ValueError, match=r"missing \['v'\]"):
         EMA([("v", w)], 0.9).load_state_dict(ema.state_dict())

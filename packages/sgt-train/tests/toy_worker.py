@@ -17,16 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import torch  # noqa: E402
-from sgt_train_toy import ToyAdapter, ToySource  # noqa: E402
+import torch
 
-from sgt_train import validate_run_config  # noqa: E402
-from sgt_train.cli import run_fit  # noqa: E402
-from sgt_train.launch import distributed_exit  # noqa: E402
-from sgt_train.loop import Hooks, StepMetrics  # noqa: E402
+from sgt_train import validate_run_config
+from sgt_train.cli import run_fit
+from sgt_train.launch import distributed_exit
+from sgt_train.loop import Hooks, StepMetrics
+from sgt_train_toy import ToyAdapter, ToySource
 
 
-def make_config(out: str, stage: int, steps: int, every: int, name: str = "toy") -> dict[str, object]:
+def make_config(
+    out: str, stage: int, steps: int, every: int, name: str = "toy"
+) -> dict[str, object]:
     return {
         "name": name,
         "output_dir": out,

@@ -167,10 +167,10 @@ def encode_masks(flat, n, hw):  # type: ignore[no-untyped-def]
         while True:
             start = pos
             if v == 0:
-                while pos < hw and flat[base + pos] == 0:
+                while pos < hw and flat[np.uint64(base + pos)] == 0:
                     pos += 1
             else:
-                while pos < hw and flat[base + pos] != 0:
+                while pos < hw and flat[np.uint64(base + pos)] != 0:
                     pos += 1
             c = np.int64(pos - start)
             x = c - prev2 if j > 2 else c
@@ -284,8 +284,8 @@ def _rows_one(counts, a, b, h, w, o):  # type: ignore[no-untyped-def]
     for y in range(1, h):
         r = y * w
         q = r - w
-        for x in range(w):
-            o[r + x] ^= o[q + x]
+        for x in range(w):  # unsigned indices: no wraparound check, the loop vectorises
+            o[np.uint64(r + x)] ^= o[np.uint64(q + x)]
 
 
 @_jit

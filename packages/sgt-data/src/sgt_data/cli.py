@@ -1,20 +1,19 @@
 """The ``sgt-data`` command: convert annotations into sample stores, merge, inspect, verify, preview.
 
-    sgt-data convert coco --annotations instances.json --images DIR --out STORE
-    sgt-data convert coco-panoptic --annotations panoptic.json --panoptic-dir PNGS --images DIR --out STORE
-    sgt-data convert coco-stuff --maps PNGS --images DIR --out STORE
-    sgt-data convert sa1b --input DIR --out STORE
-    sgt-data convert vqa --annotations llava.jsonl --images DIR --out STORE
-    sgt-data merge PART... --out STORE
-    sgt-data inspect STORE
-    sgt-data verify STORE
-    sgt-data preview STORE --out sheet.png
+sgt-data convert coco --annotations instances.json --images DIR --out STORE
+sgt-data convert coco-panoptic --annotations panoptic.json --panoptic-dir PNGS --images DIR --out STORE
+sgt-data convert coco-stuff --maps PNGS --images DIR --out STORE
+sgt-data convert sa1b --input DIR --out STORE
+sgt-data convert vqa --annotations llava.jsonl --images DIR --out STORE
+sgt-data merge PART... --out STORE
+sgt-data inspect STORE
+sgt-data verify STORE
+sgt-data preview STORE --out sheet.png
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -32,25 +31,45 @@ _log = logging.getLogger("sgt_data.cli")
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="store directory to create (or resume)")
-    p.add_argument("--name", help="store name, the prefix of sample ids (default: the --out folder name)")
+    p.add_argument(
+        "--name", help="store name, the prefix of sample ids (default: the --out folder name)"
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--shard", default="0/1", help="convert only block i of N of the items, e.g. 3/16")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per committed batch (default 64)")
-    p.add_argument("--skip-bad", action="store_true", help="skip bad items, recording why in the manifest")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+    p.add_argument(
+        "--shard", default="0/1", help="convert only block i of N of the items, e.g. 3/16"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="samples per committed batch (default 64)"
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip bad items, recording why in the manifest"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete an existing store at --out first"
+    )
     p.add_argument("--seed", type=int, default=0, help="palette seed (default 0)")
-    p.add_argument("--max-instances", type=int, default=None, help="instance colours in the palette")
+    p.add_argument(
+        "--max-instances", type=int, default=None, help="instance colours in the palette"
+    )
     p.add_argument("--edge", action="store_true", help="add Canny edge targets (needs opencv)")
-    p.add_argument("--edge-thresholds", type=int, nargs=2, default=(100, 200), metavar=("LOW", "HIGH"))
+    p.add_argument(
+        "--edge-thresholds", type=int, nargs=2, default=(100, 200), metavar=("LOW", "HIGH")
+    )
     p.add_argument("--depth-dir", help="depth maps <image stem>.npy (metres) or .png (16-bit mm)")
     p.add_argument("--depth-model", help="local path of a transformers depth-estimation model")
-    p.add_argument("--depth-range", type=float, nargs=2, default=(0.0, 10.0), metavar=("MIN", "MAX"))
-    p.add_argument("--no-reconstruction", action="store_true", help="do not offer reconstruction targets")
+    p.add_argument(
+        "--depth-range", type=float, nargs=2, default=(0.0, 10.0), metavar=("MIN", "MAX")
+    )
+    p.add_argument(
+        "--no-reconstruction", action="store_true", help="do not offer reconstruction targets"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sgt-data", description="SGT data stores: convert, merge, inspect, verify, preview.")
+    ap = argparse.ArgumentParser(
+        prog="sgt-data", description="SGT data stores: convert, merge, inspect, verify, preview."
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert a dataset into a store")
@@ -124,8 +143,8 @@ def _convert(args: argparse.Namespace) -> int:
         CocoInstancesConverter,
         CocoPanopticConverter,
         CocoStuffConverter,
-        ConvertOptions,
         Converter,
+        ConvertOptions,
         Sa1bConverter,
         VqaConverter,
         parse_shard,
@@ -183,7 +202,9 @@ def _merge(args: argparse.Namespace) -> int:
 
     bar = _Bar(not args.no_progress, "merge")
     try:
-        m = merge_stores(args.parts, args.out, batch_size=args.batch_size, overwrite=args.overwrite, progress=bar)
+        m = merge_stores(
+            args.parts, args.out, batch_size=args.batch_size, overwrite=args.overwrite, progress=bar
+        )
     finally:
         bar.close()
     print(f"{args.out}: {m.num_samples} samples from {len(args.parts)} stores")
@@ -212,8 +233,10 @@ def _inspect(args: argparse.Namespace) -> int:
     for sk in m.skipped[:10]:
         print(f"  - {sk.item_id} ({sk.file}): {sk.reason}")
     if len(s):
-        print(f"sample 0   {s.sample_id(0)} {s.image_shape(0)} tasks: "
-              + ", ".join(sorted(f"{t.value}/{v}" if v else t.value for t, v in s.tasks(0))))
+        print(
+            f"sample 0   {s.sample_id(0)} {s.image_shape(0)} tasks: "
+            + ", ".join(sorted(f"{t.value}/{v}" if v else t.value for t, v in s.tasks(0)))
+        )
     return 0
 
 
@@ -273,7 +296,8 @@ def _preview(args: argparse.Namespace) -> int:
         return 1
     width = max(r.shape[1] for r in rows)
     sheet = np.concatenate(
-        [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], axis=0
+        [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows],
+        axis=0,
     )
     Image.fromarray(sheet).save(args.out)
     print(f"{args.out}: {len(rows)} samples")
@@ -283,8 +307,17 @@ def _preview(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sgt-data``; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"convert": _convert, "merge": _merge, "inspect": _inspect, "verify": _verify, "preview": _preview}
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handlers = {
+        "convert": _convert,
+        "merge": _merge,
+        "inspect": _inspect,
+        "verify": _verify,
+        "preview": _preview,
+    }
     try:
         return handlers[args.command](args)
     except (SgtDataError, ValueError) as exc:

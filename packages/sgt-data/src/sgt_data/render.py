@@ -18,6 +18,7 @@ per level; black means "no depth". Depth is quantised linearly between ``d_min``
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from typing import Any, Final
 
@@ -85,9 +86,16 @@ def _pack(rgb: RGB) -> NDArray[np.int32]:
 
 
 def _check_rgb(rgb: NDArray[Any]) -> RGB:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    if (
+        not isinstance(rgb, np.ndarray)
+        or rgb.dtype != np.uint8
+        or rgb.ndim != 3
+        or rgb.shape[2] != 3
+    ):
         shape = getattr(rgb, "shape", None)
-        raise RenderError(f"expected an HxWx3 uint8 image, got {getattr(rgb, 'dtype', None)} {shape}")
+        raise RenderError(
+            f"expected an HxWx3 uint8 image, got {getattr(rgb, 'dtype', None)} {shape}"
+        )
     return rgb
 
 
@@ -136,7 +144,9 @@ def _adjacency(labels: Labels, radius: int) -> NDArray[np.int64]:
 
 
 @functools.lru_cache(maxsize=8)
-def _slot_tables(n_total: int, start: int, seed: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+def _slot_tables(
+    n_total: int, start: int, seed: int
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """Pairwise distances of the instance colours, and the seeded tie-break rank of each slot."""
     p = distinct_palette(n_total, seed)[start:].astype(np.float64)
     dist = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(axis=2))
@@ -147,14 +157,18 @@ def _slot_tables(n_total: int, start: int, seed: int) -> tuple[NDArray[np.float6
 
 
 def _greedy_colours(
-    ids: NDArray[np.int64], pairs: NDArray[np.int64], tables: tuple[NDArray[np.float64], NDArray[np.int64]]
+    ids: NDArray[np.int64],
+    pairs: NDArray[np.int64],
+    tables: tuple[NDArray[np.float64], NDArray[np.int64]],
 ) -> dict[int, int]:
     """Assign each id a distinct palette slot: maximise the colour distance to touching ids, then
     (at half weight) to every id of the image."""
     dist, rank = tables
     n_pal = len(rank)
     if len(ids) > n_pal:
-        raise RenderError(f"{len(ids)} segments but the palette holds only {n_pal} instance colours")
+        raise RenderError(
+            f"{len(ids)} segments but the palette holds only {n_pal} instance colours"
+        )
     neighbours: dict[int, list[int]] = {int(i): [] for i in ids}
     for a, b in pairs.tolist():
         if a in neighbours and b in neighbours:
@@ -186,7 +200,9 @@ class _Base:
 
     def spec(self) -> RendererSpec:
         """The renderer and its parameters, for the store manifest."""
-        return RendererSpec(name=self.name, task=self.task, version=self.version, params=self._params())
+        return RendererSpec(
+            name=self.name, task=self.task, version=self.version, params=self._params()
+        )
 
 
 class InstanceRenderer(_Base):
@@ -218,15 +234,17 @@ class InstanceRenderer(_Base):
     @property
     def palette(self) -> RGB:
         """The instance colours (``max_instances`` x 3)."""
-        return distinct_palette(self.num_classes + self.max_instances, self.seed)[self.num_classes :]
+        return distinct_palette(self.num_classes + self.max_instances, self.seed)[
+            self.num_classes :
+        ]
 
     def assign(self, labels: Labels) -> NDArray[np.int32]:
         """Palette slot of each id 1..max(labels) (-1 for ids absent from the map)."""
         labels = _check_labels(labels)
         k = int(labels.max()) if labels.size else 0
         out = np.full(k, -1, dtype=np.int32)
-        ids = np.unique(labels)
-        ids = ids[ids > 0].astype(np.int64)
+        present = np.unique(labels)
+        ids: NDArray[np.int64] = np.asarray(present[present > 0], dtype=np.int64)
         tables = _slot_tables(self.num_classes + self.max_instances, self.num_classes, self.seed)
         slots = _greedy_colours(ids, _adjacency(labels, self.neighbour_radius), tables)
         for i, s in slots.items():
@@ -271,7 +289,11 @@ class SemanticRenderer(_Base):
         self.max_instances = max_instances
 
     def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
-        return {"seed": self.seed, "num_classes": self.num_classes, "max_instances": self.max_instances}
+        return {
+            "seed": self.seed,
+            "num_classes": self.num_classes,
+            "max_instances": self.max_instances,
+        }
 
     @property
     def palette(self) -> RGB:
@@ -310,7 +332,10 @@ class PanopticRenderer(_Base):
         self.seed = seed
         self.semantic = SemanticRenderer(seed, num_classes=num_classes, max_instances=max_instances)
         self.instance = InstanceRenderer(
-            seed, num_classes=num_classes, max_instances=max_instances, neighbour_radius=neighbour_radius
+            seed,
+            num_classes=num_classes,
+            max_instances=max_instances,
+            neighbour_radius=neighbour_radius,
         )
 
     def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
@@ -328,7 +353,9 @@ class PanopticRenderer(_Base):
             )
         return cats, thing
 
-    def assign(self, labels: Labels, categories: NDArray[Any], isthing: NDArray[Any]) -> NDArray[np.int32]:
+    def assign(
+        self, labels: Labels, categories: NDArray[Any], isthing: NDArray[Any]
+    ) -> NDArray[np.int32]:
         """Instance palette slot of each thing segment (-1 for stuff and absent segments)."""
         _, thing = self._luts(labels, categories, isthing)
         things_only = np.where(thing[labels], labels, 0)
@@ -388,13 +415,20 @@ class EdgeRenderer(_Base):
     name = "edge"
     task = TaskKind.EDGE
 
-    def __init__(self, low: int = 100, high: int = 200, aperture: int = 3, l2gradient: bool = False):
+    def __init__(
+        self, low: int = 100, high: int = 200, aperture: int = 3, l2gradient: bool = False
+    ):
         if not 0 <= low <= high:
             raise RenderError(f"Canny thresholds must satisfy 0 <= low <= high, got {low}, {high}")
         self.low, self.high, self.aperture, self.l2gradient = low, high, aperture, l2gradient
 
     def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
-        return {"low": self.low, "high": self.high, "aperture": self.aperture, "l2gradient": self.l2gradient}
+        return {
+            "low": self.low,
+            "high": self.high,
+            "aperture": self.aperture,
+            "l2gradient": self.l2gradient,
+        }
 
     def compute(self, image: RGB) -> NDArray[np.uint8]:
         """Edge map (1 = edge) of an RGB image."""
@@ -405,7 +439,9 @@ class EdgeRenderer(_Base):
                 "edge targets need OpenCV: pip install 'sgt-data[edge]' (opencv-python-headless)"
             ) from exc
         gray = cv2.cvtColor(np.ascontiguousarray(_check_rgb(image)), cv2.COLOR_RGB2GRAY)
-        edges = cv2.Canny(gray, self.low, self.high, apertureSize=self.aperture, L2gradient=self.l2gradient)
+        edges = cv2.Canny(
+            gray, self.low, self.high, apertureSize=self.aperture, L2gradient=self.l2gradient
+        )
         return (edges > 0).astype(np.uint8)
 
     def render(self, edges: Labels) -> RGB:
@@ -415,20 +451,29 @@ class EdgeRenderer(_Base):
 
     def inverse(self, rgb: RGB) -> NDArray[np.uint8]:
         """1 where the pixel is nearer white than black."""
-        return (_check_rgb(rgb).astype(np.uint16).sum(axis=2) >= 383).astype(np.uint8)
+        white: NDArray[np.bool_] = _check_rgb(rgb).astype(np.uint16).sum(axis=2) >= 383
+        return white.astype(np.uint8)
 
 
 #: number of depth levels of the sgt-rainbow colour map (level 0 = no depth, black)
 DEPTH_LEVELS: Final = 6 * 255 + 1
 _DEPTH_PATH: Final = np.array(
-    [[0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0], [255, 0, 255], [255, 255, 255]],
+    [
+        [0, 0, 255],
+        [0, 255, 255],
+        [0, 255, 0],
+        [255, 255, 0],
+        [255, 0, 0],
+        [255, 0, 255],
+        [255, 255, 255],
+    ],
     dtype=np.int32,
 )
 
 
 def _depth_lut() -> RGB:
     pts = [_DEPTH_PATH[0]]
-    for a, b in zip(_DEPTH_PATH[:-1], _DEPTH_PATH[1:], strict=True):
+    for a, b in itertools.pairwise(_DEPTH_PATH):
         step = np.sign(b - a)
         pts.extend(a + step * t for t in range(1, 256))
     lut = np.zeros((DEPTH_LEVELS + 1, 3), dtype=np.uint8)
@@ -473,7 +518,9 @@ class DepthRenderer(_Base):
         lo, hi = float(valid.min()), float(valid.max())
         return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
-    def quantise(self, depth: NDArray[np.floating[Any]], d_range: tuple[float, float] | None = None) -> NDArray[np.uint16]:
+    def quantise(
+        self, depth: NDArray[np.floating[Any]], d_range: tuple[float, float] | None = None
+    ) -> NDArray[np.uint16]:
         """Depth levels 1..1531 (0 where depth is missing: non-finite or <= 0)."""
         lo, hi = d_range if d_range is not None else self.range_for(depth)
         d = np.asarray(depth, dtype=np.float64)
@@ -481,7 +528,9 @@ class DepthRenderer(_Base):
         t = np.clip((np.where(valid, d, lo) - lo) / (hi - lo), 0.0, 1.0)
         return np.where(valid, 1 + np.rint(t * (DEPTH_LEVELS - 1)), 0).astype(np.uint16)
 
-    def levels_to_depth(self, levels: Labels, d_range: tuple[float, float] | None = None) -> NDArray[np.float32]:
+    def levels_to_depth(
+        self, levels: Labels, d_range: tuple[float, float] | None = None
+    ) -> NDArray[np.float32]:
         """Depth values of levels (NaN for level 0)."""
         lo, hi = d_range if d_range is not None else (self.d_min, self.d_max)
         lv = np.asarray(levels, dtype=np.float64)
@@ -543,7 +592,9 @@ def depth_from_model(image: RGB, model_path: str) -> NDArray[np.float32]:
     pred = np.asarray(result["predicted_depth"], dtype=np.float32).squeeze()
     if pred.shape != image.shape[:2]:
         pred = np.asarray(
-            Image.fromarray(pred).resize((image.shape[1], image.shape[0]), Image.Resampling.BILINEAR),
+            Image.fromarray(pred).resize(
+                (image.shape[1], image.shape[0]), Image.Resampling.BILINEAR
+            ),
             dtype=np.float32,
         )
     # depth-estimation models (DPT, Depth Anything) predict inverse depth (disparity)
@@ -576,9 +627,12 @@ def renderer_from_spec(spec: RendererSpec) -> Any:
     if cls is None:
         raise RenderError(f"unknown renderer {spec.name!r}; known: {sorted(_RENDERERS)}")
     if spec.version != cls.version:
-        raise RenderError(f"renderer {spec.name!r} version {spec.version} != supported {cls.version}")
+        raise RenderError(
+            f"renderer {spec.name!r} version {spec.version} != supported {cls.version}"
+        )
     params: dict[str, Any] = {
         k: v for k, v in spec.params.items() if k not in ("levels", "colormap")
     }
     seed = params.pop("seed", None)
-    return cls(seed, **params) if seed is not None else cls(**params)
+    factory: Any = cls
+    return factory(seed, **params) if seed is not None else factory(**params)

@@ -41,10 +41,11 @@ __all__ = [
     "LAYOUT_VERSION",
     "TASK_BITS",
     "FieldSpec",
-    "label_field",
     "SampleRecord",
     "SampleStore",
     "StoreWriter",
+    "encode_frame",
+    "label_field",
     "verify_store",
 ]
 
@@ -94,13 +95,16 @@ class FieldSpec:
 
 def label_field(path: str, dtype: str) -> FieldSpec:
     """A label-map field: one zstd frame (level 3) per sample, 1 MiB chunks, 64 MiB shards."""
-    return FieldSpec(path, "uint8", chunk=1 << 20, zstd_level=0, chunks_per_shard=64, frame_dtype=dtype)
+    return FieldSpec(
+        path, "uint8", chunk=1 << 20, zstd_level=0, chunks_per_shard=64, frame_dtype=dtype
+    )
 
 
 _FRAME_LEVEL: Final = 3
 
 
-def _encode_frame(a: NDArray[Any], dtype: str) -> NDArray[np.uint8]:
+def encode_frame(a: NDArray[Any], dtype: str) -> NDArray[np.uint8]:
+    """One sample's label map as a zstd frame (the stored form of label fields)."""
     from numcodecs import Zstd
 
     raw = np.ascontiguousarray(a, dtype=dtype)
@@ -227,7 +231,10 @@ class StoreWriter:
                 )
             _remove_partials(root)
             _log.info(
-                "resuming %s after %d items (%d samples)", root, journal["items_done"], journal["samples"]
+                "resuming %s after %d items (%d samples)",
+                root,
+                journal["items_done"],
+                journal["samples"],
             )
             return cls(root, journal)
         if root.exists() and any(root.iterdir()):
@@ -295,7 +302,10 @@ class StoreWriter:
         return int(self._journal["batch_size"])
 
     def write_batch(
-        self, records: Sequence[SampleRecord], items_consumed: int, skipped: Sequence[SkippedItem] = ()
+        self,
+        records: Sequence[SampleRecord],
+        items_consumed: int,
+        skipped: Sequence[SkippedItem] = (),
     ) -> None:
         """Write ``records`` after the committed samples, then commit them with the items they consumed."""
         if self.finished:
@@ -306,7 +316,8 @@ class StoreWriter:
         rows = np.zeros((n, len(self._columns)), dtype=np.int64)
         metas = [
             np.frombuffer(
-                json.dumps({"id": r.sample_id, **r.meta}, sort_keys=True).encode("utf-8"), dtype=np.uint8
+                json.dumps({"id": r.sample_id, **r.meta}, sort_keys=True).encode("utf-8"),
+                dtype=np.uint8,
             )
             for r in records
         ]
@@ -322,8 +333,10 @@ class StoreWriter:
                 a = metas[i] if spec.path == "meta" else r.arrays.get(spec.path)
                 if a is None or a.size == 0:
                     continue
-                if spec.frame_dtype is not None and not (a.dtype == np.uint8 and a.ndim == 1 and r.framed):
-                    a = _encode_frame(a, spec.frame_dtype)
+                if spec.frame_dtype is not None and not (
+                    a.dtype == np.uint8 and a.ndim == 1 and r.framed
+                ):
+                    a = encode_frame(a, spec.frame_dtype)
                 flat = np.ascontiguousarray(a, dtype=spec.dtype).reshape(-1)
                 rows[i, 4 + 2 * fi] = pos
                 rows[i, 5 + 2 * fi] = flat.size
@@ -405,7 +418,9 @@ def _fp_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 def _remove_partials(root: Path) -> None:
     """Delete temporary files an interrupted writer left (zarr's ``*.partial``, our ``.*.tmp``)."""
     for p in root.rglob("*"):
-        if p.is_file() and (p.name.endswith(".partial") or (p.name.startswith(".") and p.name.endswith(".tmp"))):
+        if p.is_file() and (
+            p.name.endswith(".partial") or (p.name.startswith(".") and p.name.endswith(".tmp"))
+        ):
             p.unlink(missing_ok=True)
 
 
@@ -458,7 +473,9 @@ class SampleStore:
         except (OSError, KeyError, ValueError) as exc:
             raise StoreError(f"{root}: zarr.json lacks the sgt layout attributes: {exc}") from exc
         if layout.get("layout_version") != LAYOUT_VERSION:
-            raise StoreError(f"{root}: layout version {layout.get('layout_version')} != {LAYOUT_VERSION}")
+            raise StoreError(
+                f"{root}: layout version {layout.get('layout_version')} != {LAYOUT_VERSION}"
+            )
         return cls(root, manifest, layout)
 
     # -- protocol -------------------------------------------------------------------------
@@ -566,12 +583,16 @@ class SampleStore:
             self._renderers[name] = r
         return r
 
-    def read_label_map(self, index: int, task: TaskKind, variant: str | None = None) -> NDArray[Any]:
+    def read_label_map(
+        self, index: int, task: TaskKind, variant: str | None = None
+    ) -> NDArray[Any]:
         """The label map a target is drawn from (instance/panoptic: segment ids; semantic: class
         ids; edge: 0/1; depth: levels)."""
         key = (TaskKind(task), variant)
         if key not in self.tasks(index):
-            raise KeyError(f"{self.path}: sample {index} has no {task} target (variant {variant!r})")
+            raise KeyError(
+                f"{self.path}: sample {index} has no {task} target (variant {variant!r})"
+            )
         if key[0] is TaskKind.EDGE:
             return self.read_labels(index, "edge")
         if key[0] is TaskKind.DEPTH:
@@ -580,14 +601,16 @@ class SampleStore:
             raise KeyError(f"{self.path}: {task} targets have no label map")
         if variant == "semantic" and self._has(index, "labels/classes"):
             return self.read_labels(index, "classes")
-        seg = self.read_labels(index, "segments")
+        seg: NDArray[Any] = self.read_labels(index, "segments")
         cats, thing = self._segments(index)
         if variant == "semantic":
-            return np.concatenate([[0], cats]).astype(np.uint16)[seg]
+            sem: NDArray[Any] = np.concatenate([[0], cats]).astype(np.uint16)[seg]
+            return sem
         if variant == "instance" and not thing.all():
             # things only, renumbered 1..K in segment order
             keep = np.concatenate([[0], np.cumsum(thing) * thing]).astype(np.uint16)
-            return keep[seg]
+            inst: NDArray[Any] = keep[seg]
+            return inst
         return seg
 
     def _has(self, index: int, path: str) -> bool:
@@ -600,28 +623,32 @@ class SampleStore:
         thing = np.asarray(seg.get("isthing", [True] * len(cats)), dtype=bool)
         return cats, thing
 
-    def read_target(self, index: int, task: TaskKind, variant: str | None = None) -> NDArray[np.uint8]:
+    def read_target(
+        self, index: int, task: TaskKind, variant: str | None = None
+    ) -> NDArray[np.uint8]:
         """The rendered target, HxWx3 uint8; KeyError naming index and task if the sample lacks it."""
         task = TaskKind(task)
         if (task, variant) not in self.tasks(index):
-            raise KeyError(f"{self.path}: sample {index} has no {task.value} target (variant {variant!r})")
+            raise KeyError(
+                f"{self.path}: sample {index} has no {task.value} target (variant {variant!r})"
+            )
         if task is TaskKind.RECONSTRUCTION:
             return self.read_image(index)
         if task is TaskKind.EDGE:
-            out: NDArray[np.uint8] = self._renderer("edge").render(self.read_labels(index, "edge"))
-            return out
+            return np.asarray(
+                self._renderer("edge").render(self.read_labels(index, "edge")), np.uint8
+            )
         if task is TaskKind.DEPTH:
-            out = self._renderer("depth").render(self.read_labels(index, "depth"))
-            return out
+            return np.asarray(
+                self._renderer("depth").render(self.read_labels(index, "depth")), np.uint8
+            )
         if task is not TaskKind.SEGMENTATION or variant is None:
             raise KeyError(f"{self.path}: {task.value} has no rendered target")
         labels = self.read_label_map(index, task, variant)
         if variant == "panoptic":
             cats, thing = self._segments(index)
-            out = self._renderer("panoptic").render(labels, cats, thing)
-            return out
-        out = self._renderer(variant).render(labels)
-        return out
+            return np.asarray(self._renderer("panoptic").render(labels, cats, thing), np.uint8)
+        return np.asarray(self._renderer(variant).render(labels), np.uint8)
 
     def read_conversation(self, index: int) -> tuple[Turn, ...]:
         """The VQA turns of a sample (user/assistant alternating); () if none."""
@@ -671,7 +698,9 @@ def verify_store(path: str | os.PathLike[str]) -> list[str]:
     for name, digest in sorted(m.arrays.items()):
         if name not in arrays:
             if not any(p.startswith(f"array {name!r}") for p in problems):
-                problems.append(f"array {name!r}: listed in the manifest but missing from the store")
+                problems.append(
+                    f"array {name!r}: listed in the manifest but missing from the store"
+                )
             continue
         try:
             actual = _array_digest(arrays[name])
@@ -702,7 +731,9 @@ def verify_store(path: str | os.PathLike[str]) -> list[str]:
                     n = _decode_frame(raw, f.frame_dtype).size
                     h, w = store.image_shape(i)
                     if n != h * w:
-                        bad_samples.append(f"sample {i}: {f.path} holds {n} values, image is {h}x{w}")
+                        bad_samples.append(
+                            f"sample {i}: {f.path} holds {n} values, image is {h}x{w}"
+                        )
         except Exception as exc:
             bad_samples.append(f"sample {i}: unreadable: {exc}")
             continue

@@ -21,12 +21,14 @@ from sgt_models.protocol import (
     ModelBatch,
     UnifiedModelAdapter,
 )
+from sgt_models.registry import AdapterLoadError, build_adapter, load_adapter
 
 __version__ = _version("sgt-models")
 
 __all__ = [
     "PARAMETER_GROUPS",
     "AdapterConfig",
+    "AdapterLoadError",
     "BagelAdapterConfig",
     "FlowMatchingConfig",
     "FreezePolicy",
@@ -38,4 +40,6 @@ __all__ = [
     "ReferenceAdapterConfig",
     "UnifiedModelAdapter",
     "__version__",
+    "build_adapter",
+    "load_adapter",
 ]

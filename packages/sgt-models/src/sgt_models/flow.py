@@ -172,9 +172,7 @@ def training_pair(
     return interpolate(data, noise, t, convention), t, velocity_target(data, noise, convention)
 
 
-def inference_timesteps(
-    num_steps: int, shift: float, convention: TimeConvention
-) -> torch.Tensor:
+def inference_timesteps(num_steps: int, shift: float, convention: TimeConvention) -> torch.Tensor:
     """``num_steps + 1`` times from pure noise to data, uniformly spaced in noise level, shifted."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")

@@ -1,4 +1,4 @@
-"""The contract-test suite every adapter runs (needs pytest, from the ``test`` dependency group).
+"""The contract-test suite every adapter runs (collected by pytest; this module does not import it).
 
 Use it by subclassing in a test module and providing a fixture ``adapter_factory``::
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pytest
 import torch
 
 from sgt_data import Sample, TaskKind
@@ -52,7 +51,10 @@ def contract_samples(image_size: int = 64, seed: int = 0) -> list[Sample]:
     def palette_map() -> np.ndarray[Any, np.dtype[np.uint8]]:
         colours = rng.integers(0, 256, (4, 3), dtype=np.uint8)
         labels = rng.integers(0, 4, (image_size // 8, image_size // 8))
-        return colours[np.kron(labels, np.ones((8, 8), dtype=np.int64))]
+        blocks: np.ndarray[Any, np.dtype[np.uint8]] = colours[
+            np.kron(labels, np.ones((8, 8), dtype=np.int64))
+        ]
+        return blocks
 
     return [
         Sample(
@@ -131,12 +133,15 @@ class AdapterContract:
         out = _seeded_loss(adapter, adapter.collate(self._samples()), 0)
         assert set(out.parts) == {"ce", "mse"}
         for name in ("ce", "mse"):
-            value = float(out.parts[name])
-            assert math.isfinite(value) and value > 0, (name, value)
+            value = float(out.parts[name].detach())
+            assert math.isfinite(value), (name, value)
+            assert value > 0, (name, value)
             assert out.token_counts[name] > 0, name
-        assert torch.isfinite(out.total) and out.total.requires_grad
+        assert torch.isfinite(out.total)
+        assert out.total.requires_grad
         assert set(out.per_task) == {"understanding", "segmentation", "text_to_image"}
-        assert "ce" in out.per_task["understanding"] and "mse" in out.per_task["segmentation"]
+        assert "ce" in out.per_task["understanding"]
+        assert "mse" in out.per_task["segmentation"]
 
     def test_total_is_the_weighted_sum_of_parts(self, adapter_factory: AdapterFactory) -> None:
         adapter = adapter_factory(None)
@@ -163,25 +168,29 @@ class AdapterContract:
         other = _seeded_loss(adapter, batch, 12)
         assert not torch.equal(first.parts["mse"], other.parts["mse"])
         rebuilt = adapter_factory(None)
-        assert torch.equal(_seeded_loss(rebuilt, rebuilt.collate(self._samples()), 11).total, first.total)
+        assert torch.equal(
+            _seeded_loss(rebuilt, rebuilt.collate(self._samples()), 11).total, first.total
+        )
 
-    @pytest.mark.parametrize("kind", ["understanding", "generative"])
-    def test_single_kind_batches(self, adapter_factory: AdapterFactory, kind: str) -> None:
+    def test_single_kind_batches(self, adapter_factory: AdapterFactory) -> None:
         adapter = adapter_factory(None)
-        samples = [
-            s for s in self._samples() if (s.task is TaskKind.UNDERSTANDING) == (kind == "understanding")
-        ]
-        out = _seeded_loss(adapter, adapter.collate(samples), 0)
-        present, absent = ("ce", "mse") if kind == "understanding" else ("mse", "ce")
-        assert out.token_counts[present] > 0 and float(out.parts[present]) > 0
-        assert out.token_counts[absent] == 0 and float(out.parts[absent]) == 0.0
-        out.total.backward()
-        assert math.isfinite(float(out.total))
+        for understanding in (True, False):
+            samples = [
+                s for s in self._samples() if (s.task is TaskKind.UNDERSTANDING) == understanding
+            ]
+            out = _seeded_loss(adapter, adapter.collate(samples), 0)
+            present, absent = ("ce", "mse") if understanding else ("mse", "ce")
+            assert out.token_counts[present] > 0
+            assert float(out.parts[present].detach()) > 0
+            assert out.token_counts[absent] == 0
+            assert float(out.parts[absent].detach()) == 0.0
+            out.total.backward()  # type: ignore[no-untyped-call]
+            assert math.isfinite(float(out.total.detach()))
 
     def test_backward_reaches_every_trainable_group(self, adapter_factory: AdapterFactory) -> None:
         adapter = adapter_factory(None)
         out = _seeded_loss(adapter, adapter.collate(self._samples()), 0)
-        out.total.backward()
+        out.total.backward()  # type: ignore[no-untyped-call]
         for name, params in adapter.parameter_groups().items():
             trainable = [p for p in params if p.requires_grad]
             if name == "vae":
@@ -203,15 +212,16 @@ class AdapterContract:
             seen |= ids
         assert seen == {id(p) for p in adapter.parameters()}
 
-    @pytest.mark.parametrize("group", _TRAINABLE_GROUPS)
-    def test_freezing_a_group_keeps_it_bit_identical(
-        self, adapter_factory: AdapterFactory, group: str
-    ) -> None:
+    def test_freezing_a_group_keeps_it_bit_identical(self, adapter_factory: AdapterFactory) -> None:
+        for group in _TRAINABLE_GROUPS:
+            self._check_frozen(adapter_factory, group)
+
+    def _check_frozen(self, adapter_factory: AdapterFactory, group: str) -> None:
         adapter = adapter_factory(FreezePolicy(**{group: True}))
         groups = adapter.parameter_groups()
         before = {name: [p.detach().clone() for p in ps] for name, ps in groups.items()}
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-2, weight_decay=0.1)
-        _seeded_loss(adapter, adapter.collate(self._samples()), 0).total.backward()
+        _seeded_loss(adapter, adapter.collate(self._samples()), 0).total.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         for name, params in groups.items():
             unchanged = all(torch.equal(a, p) for a, p in zip(before[name], params, strict=True))
@@ -233,22 +243,28 @@ class AdapterContract:
         adapter = adapter_factory(None)
         images = [s.image for s in self._samples()[:2] if s.image is not None]
         answers = adapter.answer(images, ["What is it?", "Where?"], max_new_tokens=4)
-        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
-        with pytest.raises(ValueError, match="2 images for 1 questions"):
+        assert len(answers) == 2
+        assert all(isinstance(a, str) for a in answers)
+        error = ""
+        try:
             adapter.answer(images, ["What is it?"])
+        except ValueError as exc:
+            error = str(exc)
+        assert "2 images for 1 questions" in error, "a length mismatch must raise ValueError"
 
-    @pytest.mark.parametrize(("height", "width"), [(None, None), (40, 56)])
     def test_generate_returns_images_of_the_requested_size(
-        self, adapter_factory: AdapterFactory, height: int | None, width: int | None
+        self, adapter_factory: AdapterFactory
     ) -> None:
         adapter = adapter_factory(None)
-        settings = GenerationSettings(height=height, width=width, num_steps=2, seed=1)
         samples = self._samples()
-        for images in (None, [samples[0].image, samples[1].image]):
+        cases = [(None, None, None), (40, 56, [samples[0].image, samples[1].image])]
+        for height, width, images in cases:
+            settings = GenerationSettings(height=height, width=width, num_steps=2, seed=1)
             out = adapter.generate(["Draw a cat.", "Segment."], images, settings)
             assert len(out) == 2
             for array in out:
-                assert isinstance(array, np.ndarray) and array.dtype == np.uint8
+                assert isinstance(array, np.ndarray)
+                assert array.dtype == np.uint8
                 assert array.shape == (height or self.image_size, width or self.image_size, 3)
 
     def test_generate_is_seeded(self, adapter_factory: AdapterFactory) -> None:
@@ -256,7 +272,8 @@ class AdapterContract:
         a = adapter.generate(["Draw."], None, GenerationSettings(num_steps=2, seed=1))[0]
         b = adapter.generate(["Draw."], None, GenerationSettings(num_steps=2, seed=1))[0]
         c = adapter.generate(["Draw."], None, GenerationSettings(num_steps=2, seed=2))[0]
-        assert np.array_equal(a, b) and not np.array_equal(a, c)
+        assert np.array_equal(a, b)
+        assert not np.array_equal(a, c)
 
     def test_save_then_load_reproduces_outputs(
         self, adapter_factory: AdapterFactory, tmp_path: Path
@@ -265,10 +282,11 @@ class AdapterContract:
         samples = self._samples()
         # one optimiser step so that the saved weights differ from a fresh initialisation
         optimizer = torch.optim.SGD(adapter.parameters(), lr=0.1)
-        _seeded_loss(adapter, adapter.collate(samples), 0).total.backward()
+        _seeded_loss(adapter, adapter.collate(samples), 0).total.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         adapter.save_pretrained(tmp_path)
-        assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
+        assert (tmp_path / "config.json").is_file()
+        assert (tmp_path / "model.safetensors").is_file()
         state = torch.get_rng_state()
         loaded = type(adapter).from_pretrained(tmp_path)
         assert torch.equal(torch.get_rng_state(), state), "loading consumed the global RNG"

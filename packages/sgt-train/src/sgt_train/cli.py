@@ -6,8 +6,8 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sgt_train.config import ConfigError, RunConfig, load_run_config
@@ -106,7 +106,11 @@ def run_fit(
     finally:
         bar.close()
     if result.preempted:
-        _log.warning("stopped at step %d by SIGTERM; checkpoint %s", result.final_step, result.last_checkpoint)
+        _log.warning(
+            "stopped at step %d by SIGTERM; checkpoint %s",
+            result.final_step,
+            result.last_checkpoint,
+        )
     else:
         _log.info("finished at step %d; checkpoint %s", result.final_step, result.last_checkpoint)
     return 0, result
@@ -180,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="the run folder (output_dir/name)")
     export.add_argument("--out", required=True, help="destination folder")
     which = export.add_mutually_exclusive_group()
-    which.add_argument("--ema", dest="ema", action="store_true", default=True, help="EMA weights (default)")
+    which.add_argument(
+        "--ema", dest="ema", action="store_true", default=True, help="EMA weights (default)"
+    )
     which.add_argument("--raw", dest="ema", action="store_false", help="raw trained weights")
     export.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: newest)")
     export.set_defaults(func=_cmd_export)

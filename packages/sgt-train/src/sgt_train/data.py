@@ -60,7 +60,7 @@ def build_source(
         rank=rank,
         world_size=world_size,
         num_workers=config.num_workers,
-        collate_fn=collate if config.num_workers > 0 else None,  # type: ignore[arg-type]
+        collate_fn=collate if config.num_workers > 0 else None,
         guard=config.check_targets,
     )
     return MixtureStream(loader)

@@ -99,7 +99,8 @@ def init_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         return
     missing = [
-        v for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        v
+        for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
         if v not in os.environ
     ]
     if missing:
@@ -168,7 +169,5 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> 
         return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in module.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    result: dict[str, Any] = get_fp32_state_dict_from_zero_checkpoint(
-        str(checkpoint_dir), tag=tag
-    )
+    result: dict[str, Any] = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
     return result

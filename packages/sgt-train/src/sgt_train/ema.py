@@ -45,7 +45,9 @@ class EMA:
         missing = sorted(set(self.shadow) - set(shadow))
         extra = sorted(set(shadow) - set(self.shadow))
         if missing or extra:
-            raise ValueError(f"EMA state does not match the model: missing {missing}, extra {extra}")
+            raise ValueError(
+                f"EMA state does not match the model: missing {missing}, extra {extra}"
+            )
         for name, value in shadow.items():
             self.shadow[name].copy_(value)
         self.decay = float(state["decay"])  # type: ignore[arg-type]

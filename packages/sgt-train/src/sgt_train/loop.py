@@ -14,7 +14,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from sgt_data import Sample, TaskKind
+from sgt_data import TaskKind
 from sgt_train import ds_config
 from sgt_train.checkpoint import CheckpointManager, CheckpointState
 from sgt_train.config import RunConfig
@@ -152,7 +152,7 @@ class _Preemption:
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002  (the global RNG user code may draw from)
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -162,7 +162,7 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -170,7 +170,7 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 def _seed_all(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
 
 
@@ -193,7 +193,8 @@ def _build_source(
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -210,9 +211,17 @@ class _StepStats:
     """Sums over the micro-batches of one step, reduced across ranks as one flat tensor."""
 
     def __init__(self) -> None:
-        self.values = torch.zeros(3 + 2 * len(_PARTS) + 2 * len(_TASKS) * len(_PARTS), dtype=torch.float64)
+        self.values = torch.zeros(
+            3 + 2 * len(_PARTS) + 2 * len(_TASKS) * len(_PARTS), dtype=torch.float64
+        )
 
-    def add(self, total: float, parts: Mapping[str, float], per_task: Mapping[str, Mapping[str, float]], samples: int) -> None:
+    def add(
+        self,
+        total: float,
+        parts: Mapping[str, float],
+        per_task: Mapping[str, Mapping[str, float]],
+        samples: int,
+    ) -> None:
         v = self.values
         v[0] += total
         v[1] += 1
@@ -230,12 +239,16 @@ class _StepStats:
                     v[j] += value
                     v[j + 1] += 1
 
-    def reduce(self, world_size: int) -> tuple[float, dict[str, float], dict[str, dict[str, float]], int]:
+    def reduce(
+        self, world_size: int
+    ) -> tuple[float, dict[str, float], dict[str, dict[str, float]], int]:
         v = self.values
         if world_size > 1:
             dist.all_reduce(v)
         loss = float(v[0] / v[1])
-        parts = {p: float(v[3 + 2 * i] / v[4 + 2 * i]) for i, p in enumerate(_PARTS) if v[4 + 2 * i] > 0}
+        parts = {
+            p: float(v[3 + 2 * i] / v[4 + 2 * i]) for i, p in enumerate(_PARTS) if v[4 + 2 * i] > 0
+        }
         base = 3 + 2 * len(_PARTS)
         per_task: dict[str, dict[str, float]] = {}
         for ti, task in enumerate(_TASKS):
@@ -363,12 +376,14 @@ def fit(
         _set_rng_state(restored.rank_state["rng"])
         if ema is not None:
             if restored.ema_state is None:
-                raise ValueError(f"{restored.path}: EMA is enabled but the checkpoint has no ema.pt")
+                raise ValueError(
+                    f"{restored.path}: EMA is enabled but the checkpoint has no ema.pt"
+                )
             ema.load_state_dict(restored.ema_state)
         _log.info("resumed from %s at step %d", restored.path, step)
     start_step = step
-    for callback in hooks.on_start:
-        callback(start_step, config.steps)
+    for on_start in hooks.on_start:
+        on_start(start_step, config.steps)
 
     sinks = _MetricSinks(run_dir, config, start_step, active=rank == 0)
     device = engine.device
@@ -455,7 +470,9 @@ def fit(
                     last_checkpoint = save()
                 if stop:
                     preempted = True
-                    _log.warning("preempted: checkpoint %s written at step %d", last_checkpoint, step)
+                    _log.warning(
+                        "preempted: checkpoint %s written at step %d", last_checkpoint, step
+                    )
                     break
     finally:
         sinks.close()

@@ -1,8 +1,8 @@
 """Converters from annotation formats into sample stores (see :func:`run_conversion`)."""
 
 from sgt_data.convert._base import (
-    ConvertOptions,
     Converter,
+    ConvertOptions,
     WorkItem,
     merge_stores,
     parse_shard,

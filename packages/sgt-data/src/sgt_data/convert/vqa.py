@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sgt_data.convert._base import ConvertOptions, Converter, WorkItem, file_sha256
+from sgt_data.convert._base import Converter, ConvertOptions, WorkItem, file_sha256
 from sgt_data.convert.coco import load_json
 from sgt_data.errors import ConversionError
 from sgt_data.schema import SkippedItem, SourceSpec, TaskKind
@@ -26,12 +26,24 @@ def _turns(conv: Any, file: str, item_id: str) -> list[dict[str, str]]:
         raise ConversionError(file, item_id, "'conversations' must be a non-empty list")
     out = []
     for k, t in enumerate(conv):
-        if not isinstance(t, dict) or not isinstance(t.get("value"), str) or t.get("from") not in _ROLES:
-            raise ConversionError(file, item_id, f"turn {k} must be {{'from': human|gpt, 'value': str}}, got {t!r:.80}")
+        if (
+            not isinstance(t, dict)
+            or not isinstance(t.get("value"), str)
+            or t.get("from") not in _ROLES
+        ):
+            raise ConversionError(
+                file,
+                item_id,
+                f"turn {k} must be {{'from': human|gpt, 'value': str}}, got {t!r:.80}",
+            )
         role = _ROLES[t["from"]]
         want = "user" if k % 2 == 0 else "assistant"
         if role != want:
-            raise ConversionError(file, item_id, f"turn {k} is from {role}, expected {want} (turns must alternate, user first)")
+            raise ConversionError(
+                file,
+                item_id,
+                f"turn {k} is from {role}, expected {want} (turns must alternate, user first)",
+            )
         out.append({"role": role, "text": t["value"].replace("<image>", "").strip()})
     if len(out) % 2:
         raise ConversionError(file, item_id, "the conversation ends with a user turn (no answer)")
@@ -43,7 +55,12 @@ class VqaConverter(Converter):
 
     format = "vqa"
 
-    def __init__(self, annotations: str | os.PathLike[str], images: str | os.PathLike[str], opts: ConvertOptions) -> None:
+    def __init__(
+        self,
+        annotations: str | os.PathLike[str],
+        images: str | os.PathLike[str],
+        opts: ConvertOptions,
+    ) -> None:
         super().__init__(opts)
         self.annotations = Path(annotations)
         self.images = Path(images)
@@ -75,28 +92,52 @@ class VqaConverter(Converter):
         seen: set[str] = set()
         for n, rec in self._records():
             if not isinstance(rec, dict) or "id" not in rec or "conversations" not in rec:
-                raise ConversionError(file, f"record {n}", "a record needs 'id' and 'conversations'")
+                raise ConversionError(
+                    file, f"record {n}", "a record needs 'id' and 'conversations'"
+                )
             rid = str(rec["id"])
             if rid in seen:
-                bad.append(SkippedItem(item_id=rid, file=file, reason=f"duplicate id {rid!r} (record {n})"))
+                bad.append(
+                    SkippedItem(item_id=rid, file=file, reason=f"duplicate id {rid!r} (record {n})")
+                )
                 continue
             seen.add(rid)
             image = rec.get("image")
             if image is not None and not isinstance(image, str):
-                bad.append(SkippedItem(item_id=rid, file=file, reason="'image' must be a relative path"))
+                bad.append(
+                    SkippedItem(item_id=rid, file=file, reason="'image' must be a relative path")
+                )
                 continue
-            items.append(WorkItem(rid, str(self.images / image) if image else file, {"image": image, "conv": rec["conversations"]}))
+            items.append(
+                WorkItem(
+                    rid,
+                    str(self.images / image) if image else file,
+                    {"image": image, "conv": rec["conversations"]},
+                )
+            )
         return items, bad
 
     def source(self, num_items: int) -> SourceSpec:
-        return SourceSpec(format="vqa", path=str(self.annotations), num_items=num_items, sha256=file_sha256(self.annotations))
+        return SourceSpec(
+            format="vqa",
+            path=str(self.annotations),
+            num_items=num_items,
+            sha256=file_sha256(self.annotations),
+        )
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "annotations": str(self.annotations.resolve()), "images": str(self.images.resolve())}
+        return {
+            **super().fingerprint(),
+            "annotations": str(self.annotations.resolve()),
+            "images": str(self.images.resolve()),
+        }
 
     def process(self, item: WorkItem) -> SampleRecord:
         turns = _turns(item.payload["conv"], str(self.annotations), item.item_id)
-        meta: dict[str, Any] = {"metadata": {"source_id": item.item_id, "format": "vqa"}, "conversation": turns}
+        meta: dict[str, Any] = {
+            "metadata": {"source_id": item.item_id, "format": "vqa"},
+            "conversation": turns,
+        }
         arrays = {}
         h = w = 0
         if item.payload["image"]:
@@ -104,4 +145,11 @@ class VqaConverter(Converter):
             data, (h, w), _ = self.load_image(path, item)
             arrays["image"] = np.frombuffer(data, np.uint8)
             meta["metadata"].update(file=item.payload["image"], height=h, width=w)
-        return SampleRecord(f"{self.opts.name}:{item.item_id}", h, w, frozenset({(TaskKind.UNDERSTANDING, None)}), arrays, meta)
+        return SampleRecord(
+            f"{self.opts.name}:{item.item_id}",
+            h,
+            w,
+            frozenset({(TaskKind.UNDERSTANDING, None)}),
+            arrays,
+            meta,
+        )

@@ -24,12 +24,13 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
+from torch.nn import functional
 
 from sgt_models.config import ReferenceAdapterConfig
 from sgt_models.flow import (
+    TimeConvention,
     cfg_combine,
     euler_sample,
     inference_timesteps,
@@ -49,7 +50,7 @@ __all__ = ["ReferenceAdapter", "ReferenceCheckpointError"]
 
 logger = logging.getLogger(__name__)
 
-_CONVENTION = "data_at_one"
+_CONVENTION: TimeConvention = "data_at_one"
 _TIMESTEP_SCALE = 1000.0
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -70,7 +71,7 @@ def _load_vae(path: str) -> torch.nn.Module:
             f"vae_path {str(folder)!r} is not a diffusers AutoencoderKL folder "
             f"(missing {folder / 'config.json'})"
         )
-    vae: torch.nn.Module = AutoencoderKL.from_pretrained(str(folder))
+    vae: torch.nn.Module = AutoencoderKL.from_pretrained(str(folder))  # type: ignore[no-untyped-call]
     return vae
 
 
@@ -92,7 +93,12 @@ class ReferenceAdapter(torch.nn.Module):
     ) -> None:
         super().__init__()
         from diffusers import Lumina2Transformer2DModel
-        from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+        from transformers import (
+            Qwen2Config,
+            Qwen2ForCausalLM,
+            SiglipVisionConfig,
+            SiglipVisionModel,
+        )
 
         self.config = config
         arch = architecture_for(config.size)
@@ -124,11 +130,11 @@ class ReferenceAdapter(torch.nn.Module):
             torch.nn.GELU(approximate="tanh"),
             torch.nn.Linear(arch.lm_hidden, arch.lm_hidden),
         )
-        self.llm = Qwen2ForCausalLM(Qwen2Config(**arch.qwen2_config(max_positions)))
-        self.generator = Lumina2Transformer2DModel(
+        self.llm: Any = Qwen2ForCausalLM(Qwen2Config(**arch.qwen2_config(max_positions)))
+        self.generator: Any = Lumina2Transformer2DModel(  # type: ignore[no-untyped-call]
             **arch.lumina2_config(self.latent_channels, config.vae_reference_input)
         )
-        self.vae = vae
+        self.vae: Any = vae
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(arch.vocab_size)
         self.processor = ReferenceProcessor(
             self.tokenizer,
@@ -178,11 +184,13 @@ class ReferenceAdapter(torch.nn.Module):
 
     @property
     def _device(self) -> torch.device:
-        return self.llm.lm_head.weight.device
+        device: torch.device = self.llm.lm_head.weight.device
+        return device
 
     @property
     def _dtype(self) -> torch.dtype:
-        return self.llm.lm_head.weight.dtype
+        dtype: torch.dtype = self.llm.lm_head.weight.dtype
+        return dtype
 
     # -- protocol: data -----------------------------------------------------------------------
 
@@ -195,16 +203,17 @@ class ReferenceAdapter(torch.nn.Module):
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """Latents of ``(B, 3, H, W)`` pixels in [-1, 1] (VAE mode latents or space-to-depth)."""
         if self.vae is None:
-            return F.pixel_unshuffle(pixels, self.latent_factor)
+            return functional.pixel_unshuffle(pixels, self.latent_factor)
         with torch.no_grad():
             dist = self.vae.encode(pixels.to(next(self.vae.parameters()).dtype)).latent_dist
             latents = dist.mode()
-        return ((latents - self.latent_shift) * self.latent_scale).to(pixels.dtype)
+        scaled: torch.Tensor = (latents - self.latent_shift) * self.latent_scale
+        return scaled.to(pixels.dtype)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] of latents (inverse of ``encode_latents``)."""
         if self.vae is None:
-            return F.pixel_shuffle(latents, self.latent_factor)
+            return functional.pixel_shuffle(latents, self.latent_factor)
         with torch.no_grad():
             z = latents / self.latent_scale + self.latent_shift
             pixels: torch.Tensor = self.vae.decode(z.to(next(self.vae.parameters()).dtype)).sample
@@ -283,7 +292,7 @@ class ReferenceAdapter(torch.nn.Module):
         row_tokens = torch.zeros(num_rows, dtype=torch.float64)
         if ce_count:
             logits = self.llm.lm_head(hidden[:, :-1][selected]).float()
-            token_ce = F.cross_entropy(logits, labels[selected], reduction="none")
+            token_ce = functional.cross_entropy(logits, labels[selected], reduction="none")
             ce = token_ce.sum() / ce_count
             rows = selected.nonzero()[:, 0].cpu()
             row_ce.index_add_(0, rows, token_ce.detach().double().cpu())
@@ -298,7 +307,9 @@ class ReferenceAdapter(torch.nn.Module):
         mse_count = 0
         if gen_rows.numel():
             data = self.encode_latents(batch.target_pixels.float())
-            num_tokens = (data.shape[2] // self.arch.dit_patch) * (data.shape[3] // self.arch.dit_patch)
+            num_tokens = (data.shape[2] // self.arch.dit_patch) * (
+                data.shape[3] // self.arch.dit_patch
+            )
             x_t, t, target = training_pair(
                 data, self.config.flow, _CONVENTION, num_tokens=num_tokens
             )
@@ -424,7 +435,7 @@ class ReferenceAdapter(torch.nn.Module):
         size = (self.config.image_size, self.config.image_size)
 
         rows, prefixes = [], []
-        for i, text in enumerate(instructions):
+        for text in instructions:
             ids, prefix = proc.prompt_ids(text, images is not None, proc.generate_id)
             rows.append(ids)
             prefixes.append(prefix)
@@ -454,13 +465,20 @@ class ReferenceAdapter(torch.nn.Module):
                 reference = self.encode_latents(ref_pixels)
             else:
                 reference = torch.zeros(
-                    n, self.latent_channels, grid_h // self.latent_factor,
-                    grid_w // self.latent_factor, device=self._device,
+                    n,
+                    self.latent_channels,
+                    grid_h // self.latent_factor,
+                    grid_w // self.latent_factor,
+                    device=self._device,
                 )
 
-        text_scale = settings.cfg_text_scale if settings.cfg_text_scale is not None else flow.cfg_text_scale
+        text_scale = (
+            settings.cfg_text_scale if settings.cfg_text_scale is not None else flow.cfg_text_scale
+        )
         image_scale = (
-            settings.cfg_image_scale if settings.cfg_image_scale is not None else flow.cfg_image_scale
+            settings.cfg_image_scale
+            if settings.cfg_image_scale is not None
+            else flow.cfg_image_scale
         )
         use_image_cfg = images is not None and image_scale != 1.0
         guided = text_scale != 1.0 or use_image_cfg
@@ -511,7 +529,7 @@ class ReferenceAdapter(torch.nn.Module):
         )
         out = self.decode_latents(latents).float()
         if (grid_h, grid_w) != (height, width):
-            out = F.interpolate(
+            out = functional.interpolate(
                 out, size=(height, width), mode="bilinear", antialias=True, align_corners=False
             )
         arrays = ((out.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
@@ -557,7 +575,9 @@ class ReferenceAdapter(torch.nn.Module):
             if config.latent_source == "vae":
                 from diffusers import AutoencoderKL
 
-                vae = AutoencoderKL.from_config(json.loads(vae_file.read_text()))
+                vae = AutoencoderKL.from_config(  # type: ignore[no-untyped-call]
+                    json.loads(vae_file.read_text())
+                )
             model = cls(config, tokenizer=tokenizer, vae=vae)
         load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))
         model.to(device=device, dtype=dtype)

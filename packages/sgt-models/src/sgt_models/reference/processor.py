@@ -23,10 +23,9 @@ from typing import Self
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
-
 from tokenizers import Tokenizer
+from torch.nn import functional
 
 from sgt_data import GENERATIVE_TASKS, Sample, TaskKind
 
@@ -108,9 +107,11 @@ def images_to_tensor(
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None]
         if tuple(x.shape[-2:]) != size:
             if nearest:
-                x = F.interpolate(x, size=size, mode="nearest-exact")
+                x = functional.interpolate(x, size=size, mode="nearest-exact")
             else:
-                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+                x = functional.interpolate(
+                    x, size=size, mode="bilinear", antialias=True, align_corners=False
+                )
         out.append(x / 127.5 - 1.0)
     return torch.cat(out).clamp(-1.0, 1.0)
 
@@ -156,7 +157,7 @@ class ReferenceBatch:
                     changes[f.name] = value.to(device=device, dtype=dtype)
                 else:
                     changes[f.name] = value.to(device=device)
-        return replace(self, **changes)
+        return replace(self, **changes)  # type: ignore[arg-type]
 
 
 class ReferenceProcessor:
@@ -235,7 +236,9 @@ class ReferenceProcessor:
             if sample.task in GENERATIVE_TASKS:
                 if sample.target_image is None:
                     raise ValueError(f"sample {sample.sample_id!r}: no target image")
-                ids, prefix = self.prompt_ids(self._prompt_text(sample), has_image, self.generate_id)
+                ids, prefix = self.prompt_ids(
+                    self._prompt_text(sample), has_image, self.generate_id
+                )
                 labels = [-100] * len(ids)
                 gen_rows.append(i)
                 targets.append(sample.target_image)

@@ -11,7 +11,9 @@ __all__ = ["recipe_names", "recipe_path"]
 def recipe_names() -> list[str]:
     """Names of the shipped recipes, sorted."""
     folder = files(__name__)
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def recipe_path(name: str) -> Path:
