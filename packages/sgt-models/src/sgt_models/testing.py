@@ -165,6 +165,11 @@ class AdapterContract:
         first, again = _seeded_loss(adapter, batch, 11), _seeded_loss(adapter, batch, 11)
         assert torch.equal(first.total, again.total)
         assert torch.equal(first.parts["mse"], again.parts["mse"])
+        # a trainer resumes by restoring the global RNG state: the loss must come out the same
+        state = torch.get_rng_state()
+        resumed = adapter.loss(batch)
+        torch.set_rng_state(state)
+        assert torch.equal(adapter.loss(batch).total, resumed.total)
         other = _seeded_loss(adapter, batch, 12)
         assert not torch.equal(first.parts["mse"], other.parts["mse"])
         rebuilt = adapter_factory(None)
