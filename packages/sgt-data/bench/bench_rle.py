@@ -83,10 +83,17 @@ def numpy_label_map(rles: list[dict[str, Any]], h: int, w: int) -> np.ndarray:
     return lab
 
 
-def fill_bandwidth(nbytes: int, repeat: int) -> float:
-    buf = np.empty(nbytes, np.uint8)
-    buf.fill(0)  # pre-touch
-    return nbytes / best_time(lambda: buf.fill(1), repeat)
+def fill_bandwidth(nbytes: int, repeat: int, buf: np.ndarray | None = None) -> float:
+    """Bytes/s of a numpy fill (a ``memset``) of a pre-touched buffer of ``nbytes``.
+
+    With ``buf``, the very buffer a workload writes: same size, same pages, same cache state.
+    """
+    if buf is None:
+        buf = np.empty(nbytes, np.uint8)
+        buf.fill(0)  # pre-touch
+    assert buf.nbytes == nbytes
+    flat = buf.reshape(-1, order="A")
+    return nbytes / best_time(lambda: flat.fill(1), repeat)
 
 
 def row(
@@ -147,6 +154,20 @@ def bench_size(
     bwl = fill_bandwidth(hw * 2, repeat)
     print(row("label map uint16 from strings (per image)", t_us, t_ref, hw * 2, bwl, "img/s"))
     res["label"] = t_ref / t_us
+    # the same work without the Python layer (validation, packing, allocation, dispatch)
+    kernels = rle._k()
+    lab_out = np.zeros(hw, np.uint16)
+    info = np.zeros(3, np.int64)
+    prepared = []
+    for im in lab_sample:
+        _, _, joined, lens = rle._plain_strings(im)
+        prepared.append((joined, lens, np.arange(1, len(im) + 1, dtype=np.uint16)))
+
+    def kernel_only(args: tuple[bytes, np.ndarray, np.ndarray]) -> None:
+        kernels.label_map_from_strings(args[0], args[1], True, args[2], h, w, lab_out, info)
+
+    t_k = best_time(each(kernel_only, prepared), repeat) / len(prepared)
+    print(row("  of which the kernel (strings prepared)", t_k, t_ref, hw * 2, bwl, "img/s"))
 
     # batch decode of one image's masks
     im = data[0]
@@ -156,10 +177,16 @@ def bench_size(
     t_ref = best_time(lambda: mask_api.decode(im), repeat)
     t_alloc = best_time(lambda: rle.decode(im, parallel=False), repeat)
     t_pre = best_time(lambda: rle.decode(im, out=out, parallel=False), repeat)
-    bwb = fill_bandwidth(hw * n, repeat)
+    bwb = fill_bandwidth(hw * n, repeat, out)  # memset of the very same output buffer
     print(row(f"decode(list of {n}), fresh output", t_alloc, t_ref, hw * n, bwb, "img/s"))
     print(row(f"decode(list of {n}) into preallocated out", t_pre, t_ref, hw * n, bwb, "img/s"))
     res["batch_bw"] = hw * n / t_pre / bwb
+    _, _, joined, lens = rle._plain_strings(im)
+    flat_out = out.reshape(-1, order="F")
+    t_k = best_time(
+        lambda: kernels.decode_strings_colmajor(joined, lens, hw, flat_out, info), repeat
+    )
+    print(row("  of which the kernel (strings prepared)", t_k, t_ref, hw * n, bwb, "img/s"))
     rows_out = np.empty((n, h, w), np.uint8)
     rows_out.fill(0)
     t_rows = best_time(lambda: rle.decode_rows(im, rows_out, parallel=False), repeat)
@@ -230,7 +257,10 @@ def main() -> None:
     print(
         "sgt_data.rle vs pycocotools, 1 thread, best-of process CPU times; ratio = pycocotools time / ours;"
     )
-    print("'of BW' = our GB/s over a numpy fill of a pre-touched buffer of the same size")
+    print(
+        "'of BW' = our GB/s over a numpy fill (memset) of a pre-touched buffer of the same size"
+        " (for the preallocated decode: of the same output buffer)"
+    )
     first_call_cost()
     coco = bench_size("COCO", 480, 640, 10, 20, repeat=3)
     sa1b = bench_size("SA-1B", 1500, 2250, 100, 3, repeat=3)

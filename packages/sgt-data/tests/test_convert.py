@@ -128,6 +128,8 @@ def test_every_stored_target_decodes_to_its_label_map(voc_store: Path) -> None:
         )
     with pytest.raises(KeyError, match="panoptic"):
         store.read_target(0, TaskKind.SEGMENTATION, "panoptic")
+    for i in range(len(store)):
+        _assert_targets_equal_full_renders(SampleStore.open(voc_store), i)
     np.testing.assert_array_equal(store.indices_with(TaskKind.EDGE), [0, 1, 2])
     assert store.indices_with(TaskKind.DEPTH).size == 0
 
@@ -207,6 +209,39 @@ def test_coco_panoptic(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         pan.inverse(target, classes, thing, pan.assign(labels, classes, thing)), labels
     )
+    _assert_targets_equal_full_renders(s, 0)
+
+
+def _assert_targets_equal_full_renders(s: SampleStore, i: int) -> None:
+    """The targets drawn from the slot tables stored at conversion equal the renderers' own
+    output (palette assignment computed from the label map), and so do those of a store written
+    before slot tables existed (the reader then assigns on read)."""
+    specs = {r.name: renderer_from_spec(r) for r in s.manifest.renderers}
+    seg = s.read_labels(i, "segments")
+    meta = s._meta(i)["segments"]
+    cats = np.asarray(meta["category"])
+    thing = np.asarray(meta["isthing"], dtype=bool)
+    assert len(meta["slot"]) == len(cats)
+    expected = {
+        "instance": specs["instance"].render(
+            s.read_label_map(i, TaskKind.SEGMENTATION, "instance")
+        ),
+        "semantic": specs["semantic"].render(
+            s.read_label_map(i, TaskKind.SEGMENTATION, "semantic")
+        ),
+    }
+    if "panoptic" in specs:
+        expected["panoptic"] = specs["panoptic"].render(seg, cats, thing)
+    for variant, want in expected.items():
+        got = s.read_target(i, TaskKind.SEGMENTATION, variant)
+        assert got.dtype == np.uint8
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want, err_msg=variant)
+    del meta["slot"]  # the cached record now looks like one written without slot tables
+    for variant, want in expected.items():
+        np.testing.assert_array_equal(
+            s.read_target(i, TaskKind.SEGMENTATION, variant), want, err_msg=f"{variant} (old)"
+        )
 
 
 def test_coco_stuff(tmp_path: Path) -> None:

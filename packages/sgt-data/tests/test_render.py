@@ -3,6 +3,8 @@ deterministic and keep neighbouring instances apart; perturbed maps still decode
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
@@ -188,3 +190,36 @@ def test_bad_inputs_raise_render_error() -> None:
         r.inverse(np.zeros((4, 4), np.uint8))
     with pytest.raises(RenderError, match="integer label map"):
         r.render(np.zeros((4, 4), np.float32))
+
+
+def _adjacency_reference(labels: NDArray[Any], radius: int) -> set[tuple[int, int]]:
+    """Pixel by pixel: pairs of different non-zero labels at offsets 1, 2, 4, ... <= radius."""
+    h, w = labels.shape
+    out = set()
+    d = 1
+    while d <= radius:
+        for y in range(h):
+            for x in range(w):
+                a = int(labels[y, x])
+                for y2, x2 in ((y, x + d), (y + d, x)):
+                    if y2 < h and x2 < w:
+                        b = int(labels[y2, x2])
+                        if a and b and a != b:
+                            out.add((min(a, b), max(a, b)))
+        d *= 2
+    return out
+
+
+@pytest.mark.parametrize("max_id", [3, 40, 3000])  # 3000: the sorted path for large ids
+def test_adjacency_matches_a_pixel_by_pixel_reference(max_id: int) -> None:
+    from sgt_data.render import _adjacency
+
+    rng = np.random.default_rng(max_id)
+    for dtype in (np.uint16, np.int64, np.uint32):
+        for _ in range(6):
+            h, w = (int(v) for v in rng.integers(1, 24, 2))
+            blocks = rng.integers(0, max_id, (h // 3 + 1, w // 3 + 1))
+            labels = np.kron(blocks, np.ones((3, 3), np.int64))[:h, :w].astype(dtype)
+            for radius in (0, 1, 3, 8):
+                got = {tuple(p) for p in _adjacency(labels, radius).tolist()}
+                assert got == _adjacency_reference(labels, radius), (dtype, h, w, radius)

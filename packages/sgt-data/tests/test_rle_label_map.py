@@ -127,3 +127,78 @@ def test_real_voc_contours_as_polygons(voc: dict[str, Any]) -> None:
         ref = mask_api.frPyObjects([poly], h, w)
         assert rle.frPyObjects([poly], h, w) == ref
         assert rle.polygons_to_rle([poly], h, w) == ref[0]
+
+
+def _edge_case_mask(h: int, w: int, kind: int, rng: np.random.Generator) -> np.ndarray:
+    """Masks that stress the box-restricted painter: borders, corners, whole columns, empties."""
+    m = np.zeros((h, w), np.uint8)
+    y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y1, x1 = int(rng.integers(y0, h)) + 1, int(rng.integers(x0, w)) + 1
+    if kind == 0:  # empty
+        pass
+    elif kind == 1:  # full image
+        m[:] = 1
+    elif kind == 2:  # whole columns: runs that span several columns
+        m[:, x0:x1] = 1
+    elif kind == 3:  # a box touching the top-left or bottom-right corner
+        if rng.random() < 0.5:
+            m[:y1, :x1] = 1
+        else:
+            m[y0:, x0:] = 1
+    elif kind == 4:  # one row / one column / one pixel on the border
+        m[h - 1 if rng.random() < 0.5 else 0, x0:x1] = 1
+        m[y0:y1, w - 1 if rng.random() < 0.5 else 0] = 1
+    elif kind == 5:  # a box with holes
+        m[y0:y1, x0:x1] = (rng.random((y1 - y0, x1 - x0)) < 0.6).astype(np.uint8)
+    else:  # a box from the bottom of one column over whole columns to the top of another
+        m[y0:, x0] = 1
+        m[:, x0 + 1 : x1] = 1
+        if x1 < w:
+            m[:y1, x1] = 1
+    return m
+
+
+@st.composite
+def edge_case_sets(draw: Any) -> np.ndarray:
+    h, w = draw(st.integers(1, 40)), draw(st.integers(1, 50))
+    n = draw(st.integers(1, 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kinds = draw(st.lists(st.integers(0, 6), min_size=n, max_size=n))
+    return np.stack([_edge_case_mask(h, w, k, rng) for k in kinds])
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    edge_case_sets(),
+    st.sampled_from(["area_desc", "given"]),
+    st.sampled_from(["bytes", "str", "list", "mixed"]),
+)
+def test_box_painter_edge_cases_every_counts_form(masks: np.ndarray, order: str, form: str) -> None:
+    """Overlapping, border-touching, empty and whole-column masks, as compressed bytes or str
+    (the fused string kernel) and as count lists or a mix (the packed-counts kernel)."""
+    h, w = masks.shape[1:]
+    ref = mask_api.encode(np.asfortranarray(np.moveaxis(masks, 0, 2)))
+    rles: list[dict[str, Any]] = []
+    for i, r in enumerate(ref):
+        kind = form if form != "mixed" else ("bytes", "str", "list")[i % 3]
+        if kind == "str":
+            rles.append({"size": r["size"], "counts": r["counts"].decode()})
+        elif kind == "list":
+            rles.append({"size": r["size"], "counts": rle.as_counts(r).tolist()})
+        else:
+            rles.append(r)
+    expected = _reference_label_map(masks, order, np.uint16)
+    out = np.full((h, w), 999, np.uint16)
+    got = rle.paint_label_map(rles, h, w, order=order, out=out)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_label_map_of_empty_images() -> None:
+    for h, w in ((0, 7), (5, 0), (0, 0)):
+        empty = mask_api.encode(np.zeros((h, w), np.uint8, order="F"))
+        got = rle.paint_label_map([empty, empty], h, w)
+        assert got.shape == (h, w)
+        assert got.dtype == np.uint16
+    nothing = mask_api.encode(np.zeros((6, 9, 3), np.uint8, order="F"))
+    out = np.full((6, 9), 5, np.uint32)
+    assert (rle.paint_label_map(nothing, 6, 9, dtype=np.uint32, out=out) == 0).all()

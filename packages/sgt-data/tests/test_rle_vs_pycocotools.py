@@ -184,6 +184,48 @@ def test_thousands_of_runs() -> None:
     assert rle.area(ref) == mask_api.area(ref)
 
 
+@SETTINGS
+@given(mask_stacks(), st.integers(0, 3))
+def test_batch_decode_every_counts_form_into_a_slice(stack: np.ndarray, form: int) -> None:
+    """The fused string kernel (bytes, str) and the packed-counts kernel (lists, a mix) give
+    pycocotools' masks, and writing into a slice of a bigger buffer touches nothing outside it
+    (the run writer may spill past a run, never past the output)."""
+    ref = mask_api.encode(stack)
+    if form == 1:
+        ref = [{"size": r["size"], "counts": r["counts"].decode()} for r in ref]
+    elif form == 2:
+        ref = [{"size": r["size"], "counts": rle.as_counts(r).tolist()} for r in ref]
+    elif form == 3:
+        ref[0] = {"size": ref[0]["size"], "counts": rle.as_counts(ref[0]).tolist()}
+    h, w, n = stack.shape
+    big = np.full((h, w, n + 2), 7, np.uint8, order="F")
+    view = big[:, :, 1 : n + 1]
+    assert rle.decode(ref, out=view) is view
+    np.testing.assert_array_equal(view, stack)
+    assert (big[:, :, 0] == 7).all()
+    assert (big[:, :, n + 1] == 7).all()
+
+
+def test_encode_any_alignment_and_nonzero_values() -> None:
+    """The word-at-a-time scan: unaligned buffers, sizes not a multiple of 8, long runs that
+    cross words and masks, and foreground bytes other than 1."""
+    rng = np.random.default_rng(3)
+    h, w, n = 37, 29, 3
+    m = np.zeros((h, w, n), np.uint8, order="F")
+    m[5:, 3:20, 0] = 1  # runs over whole columns and across the mask boundary
+    m[:, :, 1] = rng.random((h, w)) < 0.5
+    m[:, 27:, 2] = 1
+    m[0, 0, 2] = 1
+    ref = mask_api.encode(m)
+    raw = np.empty(m.size + 1, np.uint8)
+    unaligned = raw[1:].reshape((h, w, n), order="F")
+    unaligned[...] = m * rng.integers(1, 256, m.shape).astype(np.uint8)
+    assert unaligned.ctypes.data % 8 == 1
+    assert rle.encode(unaligned) == ref
+    assert rle.encode(unaligned.astype(bool)) == ref
+    assert rle.encode(np.ascontiguousarray(m * 255)) == ref
+
+
 def test_iou_and_empty_inputs_follow_pycocotools() -> None:
     r = mask_api.encode(np.asfortranarray(np.eye(5, dtype=np.uint8)))
     assert rle.iou([r], [], []) == mask_api.iou([r], [], []) == []

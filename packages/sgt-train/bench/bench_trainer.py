@@ -5,7 +5,7 @@ pre-built micro-batches (2:1 segmentation : VQA interleave) with AdamW, the same
 gradient accumulation and clipping, in this process. The trainer's time excludes start-up and
 checkpoints (timed between its step hooks). Target: DeepSpeed overhead <= 15 %.
 
-    python packages/sgt-train/bench/bench_trainer.py [--steps 10] [--repeats 1]
+    python packages/sgt-train/bench/bench_trainer.py [--steps 30] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sgt_train import validate_run_config
 from sgt_train.loop import Hooks, StepMetrics, fit
 from sgt_train.schedule import make_scheduler
 
-WARMUP = 2
+WARMUP = 3
 PATTERN = (TaskKind.SEGMENTATION, TaskKind.SEGMENTATION, TaskKind.UNDERSTANDING)
 
 
@@ -152,8 +152,8 @@ def trainer(config: Any) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

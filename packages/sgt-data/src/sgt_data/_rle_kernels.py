@@ -30,6 +30,7 @@ _MAX_GROUPS = 7
 PARALLEL_MIN_BYTES = 64 * 2**20
 
 _jit = nb.njit(cache=True, nogil=True)
+_inline = nb.njit(cache=True, nogil=True, inline="always")
 _pjit = nb.njit(cache=True, nogil=True, parallel=True)
 
 
@@ -60,6 +61,51 @@ def _read_value(buf, p, end):  # type: ignore[no-untyped-def]
             return x, p, ERR_TOO_LONG
 
 
+@_inline
+def _read_long(buf, p, end):  # type: ignore[no-untyped-def]
+    """Like :func:`_read_value`, for the hot loops: (value, next p), next p = -1 on any error.
+
+    The hot loops decode one-character values themselves (most values are) and call this for
+    the rest; on an error they call :func:`_read_value` again for the details.
+    """
+    x = np.int64(0)
+    sh = np.int64(0)
+    while True:
+        if p >= end:
+            return x, np.int64(-1)
+        c = np.int64(buf[np.uint64(p)]) - 48
+        if c < 0 or c > 63:
+            return x, np.int64(-1)
+        x |= (c & 0x1F) << sh
+        p += 1
+        sh += 5
+        if (c & 0x20) == 0:
+            if c & 0x10:
+                x |= np.int64(-1) << sh
+            return x, p
+        if sh >= 5 * _MAX_GROUPS:
+            return x, np.int64(-1)
+
+
+@_jit
+def _value_error(buf, p, end, base, item, info):  # type: ignore[no-untyped-def]
+    """Status and ``info`` of the malformed value at ``p`` (offsets relative to ``base``)."""
+    x, q, st = _read_value(buf, p, end)
+    info[0] = item
+    info[1] = q - base if st != ERR_TOO_LONG else p - base
+    info[2] = buf[q] if st == ERR_CHAR else 0
+    return st
+
+
+@_jit
+def _offsets(lens):  # type: ignore[no-untyped-def]
+    soffs = np.empty(lens.shape[0] + 1, np.int64)
+    soffs[0] = 0
+    for i in range(lens.shape[0]):
+        soffs[i + 1] = soffs[i] + lens[i]
+    return soffs
+
+
 @_jit
 def parse_strings(buf, soffs, areas, counts, coffs, info):  # type: ignore[no-untyped-def]
     """Packed strings -> packed counts; checks characters, signs and ``sum == h*w``."""
@@ -72,22 +118,24 @@ def parse_strings(buf, soffs, areas, counts, coffs, info):  # type: ignore[no-un
         first = m
         total = np.int64(0)
         while p < end:
-            start = p
-            x, p, st = _read_value(buf, p, end)
-            if st != OK:
-                info[0] = i
-                info[1] = p - soffs[i] if st != ERR_TOO_LONG else start - soffs[i]
-                info[2] = buf[p] if st == ERR_CHAR else 0
-                return st
+            c = np.int64(buf[np.uint64(p)]) - 48
+            if c >= 0 and c < 32:  # one character: the common case
+                x = c - ((c & 0x10) << 1)
+                p += 1
+            else:
+                x, q = _read_long(buf, p, end)
+                if q < 0:
+                    return _value_error(buf, p, end, soffs[i], i, info)
+                p = q
             j = m - first
             if j > 2:
-                x += counts[m - 2]
+                x += counts[np.uint64(m - 2)]
             if x < 0:
                 info[0] = i
                 info[1] = j
                 info[2] = x
                 return ERR_NEGATIVE
-            counts[m] = x
+            counts[np.uint64(m)] = x
             total += x
             m += 1
             if total > areas[i]:
@@ -146,11 +194,50 @@ def counts_to_strings(counts, coffs, out, soffs):  # type: ignore[no-untyped-def
     return p
 
 
+_ONES = np.uint64(0x0101010101010101)
+_HIGHS = np.uint64(0x8080808080808080)
+
+
 @_jit
-def encode_masks(flat, n, hw):  # type: ignore[no-untyped-def]
+def _next_change(flat, words, pos, end, fg):  # type: ignore[no-untyped-def]
+    """First index in ``[pos, end)`` whose byte is not of the run's kind, else ``end``.
+
+    ``fg``: the run is foreground (nonzero bytes), else background (zeros). ``words`` is the
+    uint64 view of ``flat``'s whole words: the scan steps a word (background: four) at a time.
+    """
+    while pos < end and (pos & 7) != 0:
+        if (flat[np.uint64(pos)] != 0) != fg:
+            return pos
+        pos += 1
+    if fg:
+        while pos + 8 <= end:
+            x = words[np.uint64(pos >> 3)]
+            if ((x - _ONES) & ~x & _HIGHS) != np.uint64(0):  # some byte is zero
+                break
+            pos += 8
+    else:
+        while pos + 32 <= end:
+            q = np.uint64(pos >> 3)
+            if (words[q] | words[q + np.uint64(1)] | words[q + np.uint64(2)] | words[q + np.uint64(3)]) != np.uint64(0):
+                break
+            pos += 32
+        while pos + 8 <= end:
+            if words[np.uint64(pos >> 3)] != np.uint64(0):
+                break
+            pos += 8
+    while pos < end:
+        if (flat[np.uint64(pos)] != 0) != fg:
+            return pos
+        pos += 1
+    return end
+
+
+@_jit
+def encode_masks(flat, words, n, hw):  # type: ignore[no-untyped-def]
     """``n`` column-major masks of ``hw`` bytes each -> (packed strings, offsets).
 
-    Any nonzero byte is foreground.
+    Any nonzero byte is foreground. ``words`` is ``flat``'s leading whole words viewed as
+    uint64 (``flat`` must start on an 8-byte boundary).
     """
     soffs = np.empty(n + 1, np.int64)
     soffs[0] = 0
@@ -159,19 +246,15 @@ def encode_masks(flat, n, hw):  # type: ignore[no-untyped-def]
     p = 0
     for i in range(n):
         base = i * hw
+        end = base + hw
         prev2 = np.int64(0)
         prev1 = np.int64(0)
         j = 0
-        pos = 0
-        v = 0
+        pos = base
+        fg = False
         while True:
             start = pos
-            if v == 0:
-                while pos < hw and flat[np.uint64(base + pos)] == 0:
-                    pos += 1
-            else:
-                while pos < hw and flat[np.uint64(base + pos)] != 0:
-                    pos += 1
+            pos = _next_change(flat, words, pos, end, fg)
             c = np.int64(pos - start)
             x = c - prev2 if j > 2 else c
             if p + 8 > cap:
@@ -183,8 +266,8 @@ def encode_masks(flat, n, hw):  # type: ignore[no-untyped-def]
             prev2 = prev1
             prev1 = c
             j += 1
-            v = 1 - v
-            if pos >= hw:
+            fg = not fg
+            if pos >= end:
                 break
         soffs[i + 1] = p
     return out[:p], soffs
@@ -206,13 +289,15 @@ def decode_string_colmajor(buf, out, info):  # type: ignore[no-untyped-def]
     prev2 = np.int64(0)
     prev1 = np.int64(0)
     while p < end:
-        start = p
-        x, p, st = _read_value(buf, p, end)
-        if st != OK:
-            info[0] = 0
-            info[1] = p if st != ERR_TOO_LONG else start
-            info[2] = buf[p] if st == ERR_CHAR else 0
-            return st
+        c = np.int64(buf[np.uint64(p)]) - 48
+        if c >= 0 and c < 32:  # one character: the common case
+            x = c - ((c & 0x10) << 1)
+            p += 1
+        else:
+            x, q = _read_long(buf, p, end)
+            if q < 0:
+                return _value_error(buf, p, end, 0, 0, info)
+            p = q
         if j > 2:
             x += prev2
         if x < 0:
@@ -236,6 +321,100 @@ def decode_string_colmajor(buf, out, info):  # type: ignore[no-untyped-def]
         info[1] = pos
         info[2] = hw
         return ERR_SUM
+    return OK
+
+
+#: block of the run writer: each run is written in whole blocks (vector stores), see _put_run
+_BLOCK = 64
+#: runs at least this long are written with a plain slice fill (memset)
+_LONG_RUN = 2048
+
+
+@_jit
+def _put_run(out, pos, e, v, lim):  # type: ignore[no-untyped-def]
+    """Write ``v`` to ``out[pos:e]``, possibly also to ``out[e:lim]`` after it.
+
+    Runs are written in increasing order, so whatever lands past ``e`` is overwritten by the
+    runs that follow (each writes from its own start); only ``lim`` (the buffer end) bounds
+    the spill. Whole fixed-size blocks compile to a few vector stores, far cheaper than a
+    ``memset`` call for the short runs most masks have.
+    """
+    if e - pos >= _LONG_RUN or e + _BLOCK > lim:
+        out[pos:e] = v
+        return
+    q = np.uint64(pos)
+    ue = np.uint64(e)
+    while q < ue:
+        for t in range(_BLOCK):
+            out[q + np.uint64(t)] = v
+        q += np.uint64(_BLOCK)
+
+
+@_jit
+def decode_strings_colmajor(buf, lens, hw, out, info):  # type: ignore[no-untyped-def]
+    """Joined compressed strings (``buf``, bytes or uint8, and their ``lens``) -> consecutive
+    column-major masks of ``hw`` bytes (parse and fill fused; checks characters, signs and
+    ``sum == hw``)."""
+    soffs = _offsets(lens)
+    n = lens.shape[0]
+    lim = out.shape[0]
+    for i in range(n):
+        p = soffs[i]
+        end = soffs[i + 1]
+        base = i * hw
+        pos = base
+        stop = base + hw
+        j = 0
+        prev2 = np.int64(0)
+        prev1 = np.int64(0)
+        while p < end:
+            c = np.int64(buf[np.uint64(p)]) - 48
+            if c >= 0 and c < 32:  # one character: the common case
+                x = c - ((c & 0x10) << 1)
+                p += 1
+            else:
+                x, q = _read_long(buf, p, end)
+                if q < 0:
+                    return _value_error(buf, p, end, soffs[i], i, info)
+                p = q
+            if j > 2:
+                x += prev2
+            if x < 0:
+                info[0] = i
+                info[1] = j
+                info[2] = x
+                return ERR_NEGATIVE
+            e = pos + x
+            if e > stop:
+                # finish the sum only to report it
+                total = e - base
+                prev2 = prev1
+                prev1 = x
+                while p < end:
+                    x, p, st = _read_value(buf, p, end)
+                    if st != OK:
+                        break
+                    j += 1
+                    if j > 2:
+                        x += prev2
+                    prev2 = prev1
+                    prev1 = x
+                    total += x
+                info[0] = i
+                info[1] = total
+                info[2] = hw
+                return ERR_SUM
+            if x:
+                _put_run(out, pos, e, np.uint8(j & 1), lim)
+            pos = e
+            prev2 = prev1
+            prev1 = x
+            j += 1
+        if pos != stop:
+            info[0] = i
+            info[1] = pos - base
+            info[2] = hw
+            return ERR_SUM
     return OK
 
 
@@ -312,55 +491,143 @@ def fill_rowmajor_parallel(counts, coffs, h, w, out):  # type: ignore[no-untyped
 
 
 @_jit
-def paint_labels(counts, coffs, order, labels, h, w, band, out):  # type: ignore[no-untyped-def]
+def _mask_bbox(counts, a, b, h):  # type: ignore[no-untyped-def]
+    """Foreground box of one RLE as half-open ``(x0, x1, y0, y1)``; ``x1 == x0`` when empty."""
+    x0 = np.int64(-1)
+    x1 = np.int64(0)
+    y0 = h
+    y1 = np.int64(0)
+    x = np.int64(0)  # column and row of the current run start
+    y = np.int64(0)
+    for j in range(b - a):
+        c = counts[a + j]
+        if c == 0:
+            continue
+        xs = x
+        ys = y
+        y += c
+        if y >= h:
+            if y < 2 * h:
+                y -= h
+                x += 1
+            else:
+                q = y // h
+                x += q
+                y -= q * h
+        if j & 1:
+            # last pixel of the run: column xl, rows up to ye (exclusive)
+            xl = x if y > 0 else x - 1
+            ye = y if y > 0 else h
+            if x0 < 0:
+                x0 = xs
+            x1 = xl + 1
+            if xs != xl:
+                y0 = np.int64(0)
+                y1 = h
+            else:
+                y0 = min(y0, ys)
+                y1 = max(y1, ye)
+    if x0 < 0:
+        return np.int64(0), np.int64(0), np.int64(0), np.int64(0)
+    return x0, x1, y0, y1
+
+
+@_jit
+def paint_labels_rows(counts, coffs, order, labels, h, w, out):  # type: ignore[no-untyped-def]
     """Paint masks ``order[0], order[1], ...`` (later wins) as ``labels[i]`` into ``out``.
 
-    ``out`` is the flat ``h * w`` row-major label map.
-
-    Works band by band (``band`` columns): paint the band column-major into a cache-sized
-    scratch, then write it transposed into the rows of ``out``. Every pixel of ``out`` is written.
+    ``out`` is the flat ``h * w`` row-major label map; every pixel is written. Each mask costs
+    its foreground box, not ``h * w``: its runs toggle bytes of a row-major scratch of the box
+    (at each run start and end, per column), then one pass down the rows XOR-accumulates the
+    toggles into the mask row and writes the label where it is set.
     """
+    out[:] = 0
     n = order.shape[0]
-    run = np.empty(n, np.int64)
-    pos = np.zeros(n, np.int64)
+    boxes = np.empty((n, 4), np.int64)
+    big = np.int64(0)
     for t in range(n):
-        run[t] = coffs[order[t]]
-    scratch = np.empty(band * h, out.dtype)
-    tile = 16
-    for x0 in range(0, w, band):
-        x1 = min(x0 + band, w)
-        bw = x1 - x0
-        bs = x0 * h
-        be = x1 * h
-        scratch[: bw * h] = 0
-        for t in range(n):
-            i = order[t]
-            lab = labels[i]
-            first = coffs[i]
-            rend = coffs[i + 1]
-            r = run[t]
-            p = pos[t]
-            while r < rend:
-                e = p + counts[r]
-                if (r - first) & 1:
-                    s0 = p if p > bs else bs
-                    e0 = e if e < be else be
-                    if e0 > s0:
-                        scratch[s0 - bs : e0 - bs] = lab
-                if e > be:
-                    break
-                p = e
-                r += 1
-            run[t] = r
-            pos[t] = p
-        # unsigned indices: no negative-index wraparound, so LLVM keeps the copy loop tight
-        for y0 in range(0, h, tile):
-            y1 = min(y0 + tile, h)
-            for b in range(bw):
-                src = b * h
-                dst = x0 + b
-                for y in range(y0, y1):
-                    out[np.uint64(y * w + dst)] = scratch[np.uint64(src + y)]
+        i = order[t]
+        x0, x1, y0, y1 = _mask_bbox(counts, coffs[i], coffs[i + 1], h)
+        boxes[t, 0] = x0
+        boxes[t, 1] = x1
+        boxes[t, 2] = y0
+        boxes[t, 3] = y1
+        big = max(big, (x1 - x0) * (y1 - y0))
+    tog = np.zeros(big, np.uint8)  # all zero again after every mask
+    acc = np.empty(w, np.uint8)
+    for t in range(n):
+        bx0 = boxes[t, 0]
+        bw = boxes[t, 1] - bx0
+        by0 = boxes[t, 2]
+        by1 = boxes[t, 3]
+        if bw == 0:
+            continue
+        i = order[t]
+        a = coffs[i]
+        lab = labels[i]
+        x = np.int64(0)
+        y = np.int64(0)
+        for j in range(coffs[i + 1] - a):
+            c = counts[a + j]
+            if c == 0:
+                continue
+            xs = x
+            ys = y
+            y += c
+            if y >= h:
+                if y < 2 * h:
+                    y -= h
+                    x += 1
+                else:
+                    q = y // h
+                    x += q
+                    y -= q * h
+            if j & 1:
+                tog[(ys - by0) * bw + xs - bx0] ^= 1
+                xl = x if y > 0 else x - 1
+                # a run over several columns fills them from row 0 (and by0 == 0 then)
+                for xx in range(xs + 1, xl + 1):
+                    tog[xx - bx0] ^= 1
+                if y > 0 and y < by1:
+                    tog[(y - by0) * bw + xl - bx0] ^= 1
+        acc[:bw] = 0
+        ubw = np.uint64(bw)
+        for yy in range(by1 - by0):
+            r = np.uint64(yy) * ubw
+            o = np.uint64((by0 + yy) * w + bx0)
+            # unsigned indices: no wraparound checks, the loop vectorises
+            for xx in range(bw):
+                ux = np.uint64(xx)
+                v = acc[ux] ^ tog[r + ux]
+                acc[ux] = v
+                tog[r + ux] = 0
+                out[o + ux] = lab if v else out[o + ux]
+
+
+@_jit
+def label_map_from_strings(buf, lens, by_area, labels, h, w, out, info):  # type: ignore[no-untyped-def]
+    """Joined compressed strings of one image (``buf``, bytes or uint8, and their ``lens``) ->
+    row-major label map (see :func:`paint_labels_rows`).
+
+    Paint order: by decreasing area, ties in list order, when ``by_area``; else list order.
+    """
+    soffs = _offsets(lens)
+    n = lens.shape[0]
+    hw = np.empty(n, np.int64)
+    hw[:] = h * w
+    counts = np.empty(soffs[n] + 1, np.int64)
+    coffs = np.empty(n + 1, np.int64)
+    st = parse_strings(buf, soffs, hw, counts, coffs, info)
+    if st != OK:
+        return st
+    if by_area:
+        ar = np.empty(n, np.int64)
+        areas(counts, coffs, ar)
+        order = np.argsort(-ar, kind="mergesort")
+    else:
+        order = np.arange(n)
+    paint_labels_rows(counts, coffs, order, labels, h, w, out)
+    return OK
 
 
 # --------------------------------------------------------------------------------------------

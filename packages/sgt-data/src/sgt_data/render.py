@@ -105,9 +105,15 @@ def _check_labels(labels: NDArray[Any]) -> Labels:
             f"expected an HxW integer label map, got {getattr(labels, 'dtype', None)} "
             f"{getattr(labels, 'shape', None)}"
         )
-    if labels.size and labels.min() < 0:
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise RenderError("label maps must be non-negative")
     return labels
+
+
+def _gather(lut: NDArray[Any], labels: Labels) -> RGB:
+    """``lut[labels]`` for a (K, 3) colour table (``np.take`` is ~4x faster than fancy indexing)."""
+    out: RGB = np.take(lut, labels, axis=0)
+    return out
 
 
 def nearest_colour(rgb: RGB, colours: NDArray[Any]) -> NDArray[np.int32]:
@@ -124,23 +130,151 @@ def nearest_colour(rgb: RGB, colours: NDArray[Any]) -> NDArray[np.int32]:
     return best[inverse].reshape(rgb.shape[:2])
 
 
+def _adjacency_runs(
+    flat: NDArray[Any],
+    changes: NDArray[np.int64],
+    h: int,
+    w: int,
+    offsets: NDArray[np.int64],
+    k1: int,
+    seen: NDArray[np.bool_],
+    present: NDArray[np.bool_],
+) -> NDArray[np.int64]:  # pragma: no cover - compiled by Numba (see _adjacency_kernel)
+    """Mark the pairs of different non-zero labels at the given row/column offsets, working on
+    the runs of equal labels of each row instead of on pixels: horizontal pairs can only cross a
+    run boundary, and two rows ``d`` apart are compared run against overlapping run.
+    ``changes``: the sorted flat positions p >= 1 where ``flat[p] != flat[p - 1]``. Pair codes
+    ``lo * k1 + hi`` go into the table ``seen`` when it is non-empty, else into the returned
+    array (unsorted, with repeats); ``present`` (if non-empty) marks every label seen."""
+    cap = changes.size + h + 1
+    starts = np.empty(cap, dtype=np.int64)
+    labs = np.empty(cap, dtype=np.int64)
+    row_off = np.empty(h + 1, dtype=np.int64)
+    n = 0
+    ci = 0
+    for y in range(h):
+        row_off[y] = n
+        base = y * w
+        starts[n] = 0
+        labs[n] = np.int64(flat[base])
+        n += 1
+        while ci < changes.size and changes[ci] <= base:
+            ci += 1  # a change at the row start is the row's first run
+        while ci < changes.size and changes[ci] < base + w:
+            starts[n] = changes[ci] - base
+            labs[n] = np.int64(flat[changes[ci]])
+            n += 1
+            ci += 1
+    row_off[h] = n
+    if present.size:
+        for i in range(n):
+            present[labs[i]] = True
+    use_table = seen.size > 0
+    codes = [np.int64(0) for _ in range(0)]
+    max_d = np.int64(0)
+    for d in offsets:
+        max_d = max(max_d, d)
+    # along rows: run i (label a) and a later run j (label b) hold a pair at distance d when
+    # [s_i + d, e_i + d) overlaps [s_j, e_j)
+    for y in range(h):
+        r0, r1 = row_off[y], row_off[y + 1]
+        for i in range(r0, r1):
+            a = labs[i]
+            if a == 0:
+                continue
+            s_i = starts[i]
+            e_i = starts[i + 1] if i + 1 < r1 else w
+            j = i + 1
+            while j < r1 and starts[j] < e_i + max_d:
+                b = labs[j]
+                if b != 0 and b != a:
+                    s_j = starts[j]
+                    e_j = starts[j + 1] if j + 1 < r1 else w
+                    for d in offsets:
+                        if s_i + d < e_j and s_j < e_i + d:
+                            c = min(a, b) * k1 + max(a, b)
+                            if use_table:
+                                seen[c] = True
+                            else:
+                                codes.append(c)
+                            break
+                j += 1
+    # along columns: rows y and y + d, run against overlapping run
+    for d in offsets:
+        for y in range(h - d):
+            p, pe = row_off[y], row_off[y + 1]
+            q, qe = row_off[y + d], row_off[y + d + 1]
+            while p < pe and q < qe:
+                a, b = labs[p], labs[q]
+                if a != b and a != 0 and b != 0:
+                    c = min(a, b) * k1 + max(a, b)
+                    if use_table:
+                        seen[c] = True
+                    else:
+                        codes.append(c)
+                end_p = starts[p + 1] if p + 1 < pe else w
+                end_q = starts[q + 1] if q + 1 < qe else w
+                if end_p <= end_q:
+                    p += 1
+                if end_q <= end_p:
+                    q += 1
+    out = np.empty(len(codes), dtype=np.int64)
+    for k in range(len(codes)):
+        out[k] = codes[k]
+    return out
+
+
+@functools.cache
+def _adjacency_kernel() -> Any:
+    """:func:`_adjacency_runs` compiled (serial, so safe in forked workers; cached on disk)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_adjacency_runs)
+
+
+#: pair tables (k1 * k1 bools) are used up to this many labels; beyond, codes are sorted
+_TABLE_LABELS: Final = 1024
+#: ``present`` flags are collected up to this label value; beyond, ids come from ``np.unique``
+_PRESENT_LABELS: Final = 1 << 22
+
+
+def _scan(labels: Labels, radius: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(Pairs (a, b), a < b, of non-zero labels that come within ``radius`` pixels of each other
+    along a row or column, checked at offsets 1, 2, 4, ... <= radius; the non-zero labels
+    present), in one pass over the runs of the map."""
+    lab = np.ascontiguousarray(labels)
+    if lab.dtype.kind not in "iu" or lab.dtype.itemsize > 8:
+        raise RenderError(f"expected an integer label map, got {lab.dtype}")
+    if lab.dtype == np.uint64:
+        lab = lab.astype(np.int64)
+    h, w = lab.shape
+    k1 = int(lab.max()) + 1 if lab.size else 1
+    offsets = np.array(
+        [1 << i for i in range(max(radius, 1).bit_length()) if 1 << i <= radius], dtype=np.int64
+    )
+    offsets = offsets[offsets < max(h, w)]
+    seen = np.zeros(k1 * k1 if k1 <= _TABLE_LABELS else 0, dtype=bool)
+    present = np.zeros(k1 if k1 <= _PRESENT_LABELS else 0, dtype=bool)
+    if lab.size:
+        flat = lab.reshape(-1)
+        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        codes = _adjacency_kernel()(flat, changes, h, w, offsets, k1, seen, present)
+    else:
+        codes = np.empty(0, dtype=np.int64)
+    allc = np.flatnonzero(seen).astype(np.int64) if seen.size else np.unique(codes)
+    pairs = np.stack([allc // k1, allc % k1], axis=1)
+    if present.size:
+        ids = np.flatnonzero(present[1:]).astype(np.int64) + 1
+    else:
+        uniq = np.unique(lab)
+        ids = np.asarray(uniq[uniq > 0], dtype=np.int64)
+    return pairs, ids
+
+
 def _adjacency(labels: Labels, radius: int) -> NDArray[np.int64]:
     """Pairs (a, b), a < b, of non-zero labels that come within ``radius`` pixels of each other
     along a row or column (checked at offsets 1, 2, 4, ... <= radius)."""
-    lab = labels.astype(np.int64)
-    k1 = int(lab.max()) + 1 if lab.size else 1
-    codes: list[NDArray[np.int64]] = []
-    offsets = [1 << i for i in range(max(radius, 1).bit_length()) if 1 << i <= radius]
-    for d in offsets:
-        for a, b in ((lab[:, :-d], lab[:, d:]), (lab[:-d, :], lab[d:, :])):
-            sel = (a != b) & (a > 0) & (b > 0)
-            lo = np.minimum(a[sel], b[sel])
-            hi = np.maximum(a[sel], b[sel])
-            codes.append(np.unique(lo * k1 + hi))
-    if not codes:
-        return np.empty((0, 2), dtype=np.int64)
-    allc = np.unique(np.concatenate(codes))
-    return np.stack([allc // k1, allc % k1], axis=1)
+    return _scan(labels, radius)[0]
 
 
 @functools.lru_cache(maxsize=8)
@@ -176,17 +310,20 @@ def _greedy_colours(
             neighbours[b].append(a)
     free = np.ones(n_pal, dtype=bool)
     slots: dict[int, int] = {}
+    # distance of each palette colour to the nearest colour used so far (kept incrementally)
+    used_min = np.full(n_pal, np.inf)
     # most-connected first (classic greedy colouring order), ties by id
     for i in sorted(neighbours, key=lambda x: (-len(neighbours[x]), x)):
         near = [slots[n] for n in neighbours[i] if n in slots]
         score = dist[:, near].min(axis=1) if near else np.full(n_pal, np.inf)
         if slots:  # far from every colour of the image too, touching ones count double
-            score = np.minimum(score, 2.0 * dist[:, list(slots.values())].min(axis=1))
+            score = np.minimum(score, 2.0 * used_min)
         score = np.where(free, score, -1.0)
         best = np.flatnonzero(score == score.max())
         slot = int(best[np.argmin(rank[best])])
         slots[i] = slot
         free[slot] = False
+        np.minimum(used_min, dist[:, slot], out=used_min)
     return slots
 
 
@@ -243,23 +380,30 @@ class InstanceRenderer(_Base):
         labels = _check_labels(labels)
         k = int(labels.max()) if labels.size else 0
         out = np.full(k, -1, dtype=np.int32)
-        present = np.unique(labels)
-        ids: NDArray[np.int64] = np.asarray(present[present > 0], dtype=np.int64)
+        pairs, ids = _scan(labels, self.neighbour_radius)
         tables = _slot_tables(self.num_classes + self.max_instances, self.num_classes, self.seed)
-        slots = _greedy_colours(ids, _adjacency(labels, self.neighbour_radius), tables)
+        slots = _greedy_colours(ids, pairs, tables)
         for i, s in slots.items():
             out[i - 1] = s
         return out
 
-    def render(self, labels: Labels, slots: NDArray[np.int32] | None = None) -> RGB:
-        """Colour each instance with its assigned palette colour, background black."""
-        labels = _check_labels(labels)
-        if slots is None:
-            slots = self.assign(labels)
+    def colours(self, slots: NDArray[np.integer[Any]]) -> RGB:
+        """Colour of each id 0..len(slots) under a slot table (0 and unassigned ids: black)."""
+        slots = np.asarray(slots)
         lut = np.zeros((len(slots) + 1, 3), dtype=np.uint8)
         used = slots >= 0
         lut[1:][used] = self.palette[slots[used]]
-        return lut[labels]
+        return lut
+
+    def render(self, labels: Labels, slots: NDArray[np.int32] | None = None) -> RGB:
+        """Colour each instance with its assigned palette colour, background black; ``slots``
+        (from :meth:`assign`, e.g. stored at conversion) skips the assignment."""
+        labels = _check_labels(labels)
+        if slots is None:
+            slots = self.assign(labels)
+        elif labels.size and int(labels.max()) > len(slots):
+            raise RenderError(f"label {int(labels.max())} has no slot ({len(slots)} given)")
+        return _gather(self.colours(slots), labels)
 
     def inverse(self, rgb: RGB, slots: NDArray[np.int32] | None = None) -> NDArray[np.int32]:
         """Decode to a label map: with ``slots`` (from :meth:`assign`) the original ids, else slot+1."""
@@ -308,7 +452,7 @@ class SemanticRenderer(_Base):
         labels = _check_labels(labels)
         if labels.size and int(labels.max()) >= self.num_classes:
             raise RenderError(f"class id {int(labels.max())} >= num_classes {self.num_classes}")
-        return self.palette[labels]
+        return _gather(self.palette, labels)
 
     def inverse(self, rgb: RGB) -> NDArray[np.int32]:
         """Class id of the nearest class colour per pixel."""
@@ -372,14 +516,25 @@ class PanopticRenderer(_Base):
         slots: NDArray[np.int32] | None = None,
     ) -> RGB:
         """Render a panoptic segment map."""
-        cats, thing = self._luts(labels, categories, isthing)
+        self._luts(labels, categories, isthing)  # checks the map against the segments
         if slots is None:
             slots = self.assign(labels, categories, isthing)
-        lut = self.semantic.palette[cats].copy()
+        return _gather(self.colours(categories, isthing, slots), labels)
+
+    def colours(
+        self, categories: NDArray[Any], isthing: NDArray[Any], slots: NDArray[np.integer[Any]]
+    ) -> RGB:
+        """Colour of each segment id 0..len(categories) (0: black)."""
+        cats = np.concatenate([[0], np.asarray(categories, dtype=np.int64)])
+        thing = np.concatenate([[False], np.asarray(isthing, dtype=bool)])
+        slots = np.asarray(slots)
+        if len(slots) != len(cats) - 1:
+            raise RenderError(f"{len(slots)} slots for {len(cats) - 1} segments")
+        lut: RGB = self.semantic.palette[cats]
         seg_thing = np.flatnonzero(thing[1:] & (slots >= 0))
         lut[seg_thing + 1] = self.instance.palette[slots[seg_thing]]
         lut[0] = 0
-        return lut[labels]
+        return lut
 
     def inverse(
         self,
@@ -407,6 +562,9 @@ class PanopticRenderer(_Base):
                 continue
             ids.append(k + 1)
         return np.asarray(ids, dtype=np.int32)[nearest_colour(rgb, np.concatenate(colours))]
+
+
+_EDGE_LUT: Final = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8)
 
 
 class EdgeRenderer(_Base):
@@ -446,8 +604,8 @@ class EdgeRenderer(_Base):
 
     def render(self, edges: Labels) -> RGB:
         """White (255) where ``edges`` is non-zero, black elsewhere."""
-        e = _check_labels(edges) > 0
-        return np.repeat((e.astype(np.uint8) * 255)[..., None], 3, axis=2)
+        e = _check_labels(edges) != 0
+        return _gather(_EDGE_LUT, e.view(np.uint8))
 
     def inverse(self, rgb: RGB) -> NDArray[np.uint8]:
         """1 where the pixel is nearer white than black."""
@@ -542,7 +700,7 @@ class DepthRenderer(_Base):
         levels = _check_labels(levels)
         if levels.size and int(levels.max()) > DEPTH_LEVELS:
             raise RenderError(f"depth level {int(levels.max())} > {DEPTH_LEVELS}")
-        return _DEPTH_LUT[levels]
+        return _gather(_DEPTH_LUT, levels)
 
     def inverse(self, rgb: RGB) -> NDArray[np.uint16]:
         """Depth level of each pixel: nearest point on the colour path (0 if nearest to black)."""

@@ -31,6 +31,7 @@ kernels are always used: GNU OpenMP aborts a forked child that starts a parallel
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import os
@@ -70,8 +71,6 @@ _MAX_COORD = 2.0**20
 _MAX_POLY_STEPS = 2**26
 #: output bytes from which batch kernels go parallel (when allowed)
 _PARALLEL_MIN_BYTES = 64 * 2**20
-#: scratch size of the label-map band painter
-_BAND_BYTES = 192 * 1024
 
 RLEDict = dict[str, Any]
 IdLike = int | str
@@ -377,6 +376,47 @@ def _pack(
     return _Packed(counts.astype(np.int64, copy=False), offs, sizes)
 
 
+def _plain_strings(rles: Sequence[object], h: int | None = None, w: int | None = None) -> Any:
+    """``(h, w, joined bytes, int64 lengths)`` of RLE dicts that all hold compressed counts
+    (all bytes or all ASCII str) of one plain ``[h, w]`` size (given, or the first one's);
+    None when anything differs.
+
+    The cheap common case, in C-level loops: callers fall back to :func:`_pack`, which
+    validates and names the offending RLE.
+    """
+    if not rles or set(map(type, rles)) != {dict}:
+        return None
+    try:
+        sizes = [r["size"] for r in rles]  # type: ignore[index]
+        strings = [r["counts"] for r in rles]  # type: ignore[index]
+    except KeyError:
+        return None
+    first = sizes[0]
+    if type(first) is not list and type(first) is not tuple or len(first) != 2:
+        return None
+    if sizes.count(first) != len(sizes):
+        return None
+    if set(map(type, itertools.chain.from_iterable(sizes))) != {int}:
+        return None
+    if h is None:
+        h, w = first
+        if h < 0 or w < 0 or h * w > MAX_PIXELS:  # type: ignore[operator]
+            return None
+    elif first[0] != h or first[1] != w:
+        return None
+    kinds = set(map(type, strings))
+    if kinds == {bytes}:
+        data = b"".join(strings)
+    elif kinds == {str}:
+        text = "".join(strings)
+        if not text.isascii():
+            return None
+        data = text.encode("ascii")
+    else:
+        return None
+    return h, w, data, np.fromiter(map(len, strings), np.int64, len(strings))
+
+
 def _same_size(
     packed: _Packed, what: str, image_id: object = None, ann_ids: Sequence[IdLike] | None = None
 ) -> tuple[int, int]:
@@ -436,7 +476,10 @@ def encode(bimask: npt.ArrayLike) -> RLEDict | list[RLEDict]:
     h, w, n = (int(d) for d in a.shape)
     _check_hw(h, w, (0, None, None))
     flat = np.asfortranarray(a).reshape(-1, order="F")
-    chars, soffs = _k().encode_masks(flat, n, h * w)
+    if flat.ctypes.data % 8:
+        flat = flat.copy()
+    words = flat[: flat.shape[0] // 8 * 8].view(np.uint64)
+    chars, soffs = _k().encode_masks(flat, words, n, h * w)
     data = chars.tobytes()
     so = soffs.tolist()
     objs: list[RLEDict] = [{"size": [h, w], "counts": data[so[i] : so[i + 1]]} for i in range(n)]
@@ -481,9 +524,13 @@ def decode(
         return _decode_one(rleObjs, out)
     if not rleObjs:
         raise RLEError("decode needs at least one RLE, got an empty list")
-    packed = _pack(rleObjs)
-    h, w = _same_size(packed, "decode")
-    n = len(packed)
+    n = len(rleObjs)
+    plain = _plain_strings(rleObjs)
+    if plain is None:
+        packed = _pack(rleObjs)
+        h, w = _same_size(packed, "decode")
+    else:
+        h, w = plain[0], plain[1]
     if out is None:
         res: _Uint8 = np.empty((h, w, n), dtype=np.uint8, order="F")
     else:
@@ -492,6 +539,14 @@ def decode(
         res = out
     flat = res.reshape(-1, order="F")
     k = _k()
+    if plain is not None and not _use_parallel(flat.nbytes, n, parallel):
+        info = np.zeros(3, dtype=np.int64)
+        status = k.decode_strings_colmajor(plain[2], plain[3], h * w, flat, info)
+        if status:
+            raise _kernel_error(status, info, [(h, w)] * n, None, None)
+        return res
+    if plain is not None:
+        packed = _pack(rleObjs)
     fill = k.fill_colmajor_parallel if _use_parallel(flat.nbytes, n, parallel) else k.fill_colmajor
     fill(packed.counts, packed.offs, h * w, flat)
     return res
@@ -824,6 +879,19 @@ def paint_label_map(
     if n == 0 or height * width == 0:
         res.fill(0)
         return res
+    k = _k()
+    labels = np.arange(1, n + 1, dtype=dt)
+    flat = res.reshape(-1)
+    if ann_ids is None or len(ann_ids) == n:
+        plain = _plain_strings(rles, height, width)
+        if plain is not None:
+            info = np.zeros(3, dtype=np.int64)
+            status = k.label_map_from_strings(
+                plain[2], plain[3], order == "area_desc", labels, height, width, flat, info
+            )
+            if status:
+                raise _kernel_error(status, info, [(height, width)] * n, image_id, ann_ids)
+            return res
     packed = _pack(list(rles), image_id, ann_ids)
     for i, s in enumerate(packed.sizes):
         if s != (height, width):
@@ -833,16 +901,11 @@ def paint_label_map(
                 image_id,
                 ann_ids,
             )
-    k = _k()
     if order == "area_desc":
         ar = np.empty(n, dtype=np.int64)
         k.areas(packed.counts, packed.offs, ar)
         paint_order = np.argsort(-ar, kind="stable")
     else:
         paint_order = np.arange(n, dtype=np.int64)
-    labels = np.arange(1, n + 1, dtype=dt)
-    band = max(8, min(width, _BAND_BYTES // max(1, height * dt.itemsize)))
-    k.paint_labels(
-        packed.counts, packed.offs, paint_order, labels, height, width, band, res.reshape(-1)
-    )
+    k.paint_labels_rows(packed.counts, packed.offs, paint_order, labels, height, width, flat)
     return res

@@ -117,6 +117,10 @@ def _decode_frame(b: NDArray[np.uint8], dtype: str) -> NDArray[Any]:
     return np.frombuffer(Zstd().decode(b.tobytes()), dtype=dtype)
 
 
+#: per-process reader caches: chunk-aligned blocks of ``meta`` (64 KiB each), parsed records
+_META_BLOCKS: Final = 8
+_META_RECORDS: Final = 32
+
 IMAGE_FIELD: Final = FieldSpec("image", "uint8", chunk=1 << 20, zstd_level=0, chunks_per_shard=64)
 META_FIELD: Final = FieldSpec("meta", "uint8", chunk=1 << 16, zstd_level=3, chunks_per_shard=256)
 
@@ -192,6 +196,56 @@ def _array_digest(arr: Any) -> str:
     return h.hexdigest()
 
 
+def _samples_digest(arr: Any, offsets: NDArray[np.int64], lengths: NDArray[np.int64]) -> str:
+    """sha256 of the samples' bytes of a flat array, in index order (the padding between batches
+    is not part of it); contiguous samples are read together, a shard at a time."""
+    h = hashlib.sha256()
+    step = arr.shards[0] if arr.shards is not None else arr.chunks[0]
+    keep = lengths > 0
+    offs, lens = offsets[keep], lengths[keep]
+    if offs.size == 0:
+        return h.hexdigest()
+    ends = offs + lens
+    # runs of samples that follow each other without a gap (a batch)
+    breaks = np.flatnonzero(offs[1:] != ends[:-1]) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [offs.size]])
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+        lo, hi = int(offs[a]), int(ends[b - 1])
+        for s in range(lo, hi, step):
+            h.update(np.ascontiguousarray(arr[s : min(s + step, hi)]).tobytes())
+    return h.hexdigest()
+
+
+#: how a store's flat-array checksums are defined (``zarr.json`` attribute ``sgt.digest``):
+#: "samples" = sha256 of the samples' bytes in index order (batches start on shard boundaries,
+#: so the arrays hold unwritten gaps); absent = sha256 of the whole array (layout before 0.2)
+_DIGEST_SAMPLES: Final = "samples"
+
+
+def _field_digests(
+    arrays: Mapping[str, Any],
+    fields: Sequence[FieldSpec],
+    index: NDArray[np.int64],
+    columns: Sequence[str],
+    method: str | None,
+) -> dict[str, str]:
+    col = {c: i for i, c in enumerate(columns)}
+    out: dict[str, str] = {}
+    for spec in fields:
+        if spec.path not in arrays:
+            continue
+        if method == _DIGEST_SAMPLES:
+            out[spec.path] = _samples_digest(
+                arrays[spec.path],
+                index[:, col[f"{spec.path}.offset"]],
+                index[:, col[f"{spec.path}.length"]],
+            )
+        else:
+            out[spec.path] = _array_digest(arrays[spec.path])
+    return out
+
+
 class StoreWriter:
     """Writes a store batch by batch; re-opening an unfinished store with the same fingerprint resumes it."""
 
@@ -200,6 +254,10 @@ class StoreWriter:
         self._journal = journal
         self._fields = [FieldSpec(**f) for f in journal["fields"]]
         self._columns = _columns(self._fields)
+        # "shard": every batch starts on a shard boundary of every flat array, so no batch
+        # rewrites a shard holding committed data (zarr rewrites a whole shard on a partial
+        # write); journals of stores started before that have no key and align to chunks
+        self._align_shards = journal.get("align") == "shard"
         self._group = _zarr().open_group(str(path), mode="r+")
         self._arrays = {f.path: self._group[f.path] for f in self._fields}
         self._index = self._group["index"]
@@ -265,6 +323,8 @@ class StoreWriter:
             "index_columns": cols,
             "fields": [f.as_json() for f in fields],
             "task_bits": {f"{t.value}/{v or ''}": b for (t, v), b in TASK_BITS.items()},
+            "batch_align": "shard",
+            "digest": _DIGEST_SAMPLES,
         }
         journal = {
             "name": name,
@@ -277,6 +337,7 @@ class StoreWriter:
             "skipped": [],
             "task_counts": {},
             "finished": False,
+            "align": "shard",
         }
         _atomic_write_text(journal_path, json.dumps(journal))
         return cls(root, journal)
@@ -327,7 +388,8 @@ class StoreWriter:
         extent = dict(j["extent"])
         for fi, spec in enumerate(self._fields):
             parts: list[NDArray[Any]] = []
-            start = _align(int(extent[spec.path]), spec.chunk)
+            unit = spec.chunk * spec.chunks_per_shard if self._align_shards else spec.chunk
+            start = _align(int(extent[spec.path]), unit)
             pos = start
             for i, r in enumerate(records):
                 a = metas[i] if spec.path == "meta" else r.arrays.get(spec.path)
@@ -388,8 +450,15 @@ class StoreWriter:
             if arr.shape[0] != int(j["extent"][spec.path]):
                 arr.resize((int(j["extent"][spec.path]),))
         digests = {"index": _array_digest(self._index)}
-        for spec in self._fields:
-            digests[spec.path] = _array_digest(self._arrays[spec.path])
+        digests.update(
+            _field_digests(
+                self._arrays,
+                self._fields,
+                np.asarray(self._index[:], dtype=np.int64),
+                self._columns,
+                self._group.attrs["sgt"].get("digest"),
+            )
+        )
         manifest = StoreManifest(
             created_by=created_by,
             name=str(j["name"]),
@@ -437,9 +506,15 @@ class SampleStore:
         self._fields = [FieldSpec(**f) for f in layout["fields"]]
         self._field = {f.path: f for f in self._fields}
         self._columns: list[str] = list(layout["index_columns"])
+        self._digest: str | None = layout.get("digest")
         self._col = {c: i for i, c in enumerate(self._columns)}
         self._pid = -1
         self._arrays: dict[str, Any] = {}
+        # per-process caches (dropped after a fork with the zarr handles): decoded chunk-aligned
+        # blocks of the meta array (records are small; one zarr read serves a chunk's worth of
+        # neighbours) and the last parsed records (a training sample reads its record 2-3 times)
+        self._meta_blocks: dict[int, NDArray[np.uint8]] = {}
+        self._meta_records: dict[int, dict[str, Any]] = {}
         index = _zarr().open_array(str(path / "index"), mode="r")
         self._index: NDArray[np.int64] = np.asarray(index[:], dtype=np.int64)
         if len(self._index) != manifest.num_samples:
@@ -502,6 +577,8 @@ class SampleStore:
         pid = os.getpid()
         if pid != self._pid:  # first use in this process (or after a fork): open afresh
             self._arrays = {}
+            self._meta_blocks = {}
+            self._meta_records = {}
             self._pid = pid
         arr = self._arrays.get(path)
         if arr is None:
@@ -517,11 +594,37 @@ class SampleStore:
             return None
         return np.asarray(self._array(path)[off : off + n])
 
+    def _meta_raw(self, index: int) -> NDArray[np.uint8] | None:
+        """A sample's JSON record bytes, served from a cached chunk-aligned block of ``meta``."""
+        i = self._check(index)
+        off = int(self._index[i, self._col["meta.offset"]])
+        n = int(self._index[i, self._col["meta.length"]])
+        if n == 0:
+            return None
+        arr = self._array("meta")  # (re)sets the caches after a fork
+        chunk = self._field["meta"].chunk
+        start = off // chunk * chunk
+        block = self._meta_blocks.get(start)
+        if block is None or start + block.size < off + n:
+            end = min(-(-(off + n) // chunk) * chunk, int(arr.shape[0]))
+            block = np.asarray(arr[start:end])
+            if len(self._meta_blocks) >= _META_BLOCKS:
+                self._meta_blocks.pop(next(iter(self._meta_blocks)), None)
+            self._meta_blocks[start] = block
+        return block[off - start : off - start + n]
+
     def _meta(self, index: int) -> dict[str, Any]:
-        raw = self._raw(index, "meta")
+        """A sample's JSON record (parsed records of recent samples are cached; do not mutate)."""
+        rec = self._meta_records.get(index) if self._pid == os.getpid() else None
+        if rec is not None:
+            return rec
+        raw = self._meta_raw(index)
         if raw is None:
             raise StoreError(f"{self.path}: sample {index} has no metadata record")
         out: dict[str, Any] = json.loads(raw.tobytes().decode("utf-8"))
+        if len(self._meta_records) >= _META_RECORDS:
+            self._meta_records.pop(next(iter(self._meta_records)), None)
+        self._meta_records[int(index)] = out
         return out
 
     def sample_id(self, index: int) -> str:
@@ -553,7 +656,8 @@ class SampleStore:
         from PIL import Image
 
         with Image.open(io.BytesIO(raw.tobytes())) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            # one decode; convert() only when the file is not RGB already (it would copy)
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
         if rgb.shape[:2] != self.image_shape(index):
             raise StoreError(
                 f"{self.path}: sample {index} image is {rgb.shape[:2]}, index says {self.image_shape(index)}"
@@ -644,11 +748,54 @@ class SampleStore:
             )
         if task is not TaskKind.SEGMENTATION or variant is None:
             raise KeyError(f"{self.path}: {task.value} has no rendered target")
-        labels = self.read_label_map(index, task, variant)
+        if variant == "semantic" and self._has(index, "labels/classes"):
+            return np.asarray(
+                self._renderer("semantic").render(self.read_labels(index, "classes")), np.uint8
+            )
+        seg = self.read_labels(index, "segments")
+        # one colour per segment id, then one gather over the map (no per-pixel relabelling);
+        # the instance colours come from the slot table stored at conversion
+        lut = self._segment_colours(index, variant)
+        if seg.size and int(seg.max()) >= len(lut):
+            raise StoreError(
+                f"{self.path}: sample {index} segment id {int(seg.max())} has no record "
+                f"({len(lut) - 1} segments)"
+            )
+        out: NDArray[np.uint8] = np.take(lut, seg, axis=0)
+        return out
+
+    def _segment_colours(self, index: int, variant: str) -> NDArray[np.uint8]:
+        """Colour of each segment id 0..K of a sample for a segmentation variant."""
+        seg_meta = self._meta(index).get("segments", {})
+        cats, thing = self._segments(index)
+        if variant == "semantic":
+            sem: NDArray[np.uint8] = self._renderer("semantic").palette[
+                np.concatenate([[0], cats]).astype(np.int64)
+            ]
+            return sem
+        slots = seg_meta.get("slot")
+        if slots is None:  # a store written before slot tables were stored: assign now
+            slots = self._assign_slots(index, cats, thing)
+        slots_a = np.asarray(slots, dtype=np.int32)
         if variant == "panoptic":
-            cats, thing = self._segments(index)
-            return np.asarray(self._renderer("panoptic").render(labels, cats, thing), np.uint8)
-        return np.asarray(self._renderer(variant).render(labels), np.uint8)
+            pan: NDArray[np.uint8] = self._renderer("panoptic").colours(cats, thing, slots_a)
+            return pan
+        # instance: thing segments in their slot colours, stuff segments black
+        inst: NDArray[np.uint8] = self._renderer("instance").colours(np.where(thing, slots_a, -1))
+        return inst
+
+    def _assign_slots(
+        self, index: int, cats: NDArray[np.int64], thing: NDArray[np.bool_]
+    ) -> NDArray[np.int32]:
+        seg = self.read_labels(index, "segments")
+        name = "panoptic" if "panoptic" in self._specs else "instance"
+        if name == "panoptic":
+            out: NDArray[np.int32] = self._renderer(name).assign(seg, cats, thing)
+            return out
+        slots = self._renderer(name).assign(seg)
+        full = np.full(len(cats), -1, dtype=np.int32)
+        full[: len(slots)] = slots
+        return full
 
     def read_conversation(self, index: int) -> tuple[Turn, ...]:
         """The VQA turns of a sample (user/assistant alternating); () if none."""
@@ -661,7 +808,7 @@ class SampleStore:
 
     def read_record(self, index: int) -> tuple[SampleRecord, dict[str, Any]]:
         """The sample as stored (raw field arrays and JSON record), for merging stores."""
-        meta = self._meta(index)
+        meta = dict(self._meta(index))
         arrays: dict[str, NDArray[Any]] = {}
         for spec in self._fields:
             if spec.path == "meta":
@@ -703,7 +850,13 @@ def verify_store(path: str | os.PathLike[str]) -> list[str]:
                 )
             continue
         try:
-            actual = _array_digest(arrays[name])
+            spec = store._field.get(name)
+            if name == "index" or spec is None:
+                actual = _array_digest(arrays[name])
+            else:
+                actual = _field_digests(
+                    arrays, [spec], store._index, store._columns, store._digest
+                )[name]
         except Exception as exc:
             problems.append(f"array {name!r}: cannot be read: {exc}")
             continue

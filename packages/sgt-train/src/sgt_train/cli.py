@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sgt_train.config import ConfigError, RunConfig, load_run_config
+from sgt_train.demo.command import add_demo_command
 
 if TYPE_CHECKING:
     import torch
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--raw", dest="ema", action="store_false", help="raw trained weights")
     export.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: newest)")
     export.set_defaults(func=_cmd_export)
+    add_demo_command(sub)
     recipes = sub.add_parser("recipes", help="list the shipped recipes")
     recipes.set_defaults(func=_cmd_recipes)
     return parser

@@ -24,6 +24,7 @@ from sgt_data.render import (
     DEFAULT_NUM_CLASSES,
     DepthRenderer,
     EdgeRenderer,
+    InstanceRenderer,
     depth_from_model,
 )
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, StoreManifest, TaskKind
@@ -110,6 +111,7 @@ class Converter(abc.ABC):
 
     def __init__(self, opts: ConvertOptions) -> None:
         self.opts = opts
+        self._instance: InstanceRenderer | None = None
         self._edge = EdgeRenderer(opts.edge_low, opts.edge_high) if opts.edge else None
         self._depth = (
             DepthRenderer(*opts.depth_range, per_image=opts.depth_model is not None)
@@ -162,6 +164,36 @@ class Converter(abc.ABC):
         return specs
 
     # -- helpers for subclasses -----------------------------------------------------------
+    def instance_slots(
+        self,
+        labels: NDArray[Any],
+        num_segments: int,
+        item: WorkItem,
+        isthing: Sequence[bool] | None = None,
+    ) -> list[int]:
+        """The instance palette slot of each segment 1..``num_segments`` of a label map (-1: stuff
+        or absent), computed once here so that readers render targets with a table lookup."""
+        from sgt_data.render import InstanceRenderer
+
+        inst = self._instance
+        if inst is None:
+            o = self.opts
+            inst = self._instance = InstanceRenderer(
+                o.seed, num_classes=o.num_classes, max_instances=o.max_instances
+            )
+        things = labels
+        if isthing is not None and not all(isthing):
+            keep = np.concatenate([[0], np.arange(1, num_segments + 1)])
+            keep[1:][~np.asarray(isthing, dtype=bool)] = 0
+            things = np.take(keep.astype(labels.dtype), labels)
+        try:
+            slots = inst.assign(things)
+        except SgtDataError as exc:  # more instances than palette colours
+            raise ConversionError(item.file, item.item_id, str(exc)) from exc
+        out = np.full(num_segments, -1, dtype=np.int64)
+        out[: len(slots)] = slots
+        return [int(v) for v in out]
+
     def load_image(
         self,
         path: Path,

@@ -125,7 +125,12 @@ class Sa1bConverter(Converter):
                 "width": w,
                 "format": "sa1b",
             },
-            "segments": {"category": [0] * len(ids), "isthing": [True] * len(ids), "ann_id": ids},
+            "segments": {
+                "category": [0] * len(ids),
+                "isthing": [True] * len(ids),
+                "ann_id": ids,
+                "slot": self.instance_slots(labels, len(ids), item),
+            },
         }
         out = SampleRecord(
             f"{self.opts.name}:{item.item_id}",

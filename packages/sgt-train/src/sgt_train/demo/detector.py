@@ -85,14 +85,18 @@ def _templates() -> tuple[tuple[str, NDArray[np.float64], float], ...]:
         steps = int(limit // _ROTATION_STEP)
         for k in range(-steps, steps + 1):
             theta = math.radians(k * _ROTATION_STEP)
-            rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+            rot = np.array(
+                [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]
+            )
             pts = base @ rot.T
             area, centroid = _polygon_area_centroid(pts)
             out.append((name, pts - centroid, area))
     return tuple(out)
 
 
-def _rasterize(polygons: Sequence[NDArray[np.float64]], height: int, width: int) -> NDArray[np.bool_]:
+def _rasterize(
+    polygons: Sequence[NDArray[np.float64]], height: int, width: int
+) -> NDArray[np.bool_]:
     """COCO polygon rasterisation (``sgt_data.rle``, as the world draws): ``N x H x W`` bool."""
     from sgt_data import rle
 
@@ -101,14 +105,42 @@ def _rasterize(polygons: Sequence[NDArray[np.float64]], height: int, width: int)
     return np.ascontiguousarray(masks.transpose(2, 0, 1))
 
 
+def _contrast(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> float:
+    """Median RGB distance between a region's mean colour and the pixels bordering it."""
+    ring = np.zeros_like(mask)
+    ring[1:] |= mask[:-1]
+    ring[:-1] |= mask[1:]
+    ring[:, 1:] |= mask[:, :-1]
+    ring[:, :-1] |= mask[:, 1:]
+    ring &= ~mask
+    if not ring.any():
+        return 0.0
+    pixels = image.astype(np.float64)
+    mean = pixels[mask].mean(axis=0)
+    return float(np.median(np.linalg.norm(pixels[ring] - mean, axis=-1)))
+
+
 class SceneShapeDetector:
     """Finds the scene world's coloured shapes (see the module docstring); an ``ObjectDetector``."""
 
     name = "scene-shape-templates"
 
-    def __init__(self, max_color_distance: float = 40.0, min_area: int = 12) -> None:
+    def __init__(
+        self,
+        max_color_distance: float = 40.0,
+        min_area: int = 16,
+        max_area_fraction: float = 0.3,
+        min_contrast: float = 50.0,
+    ) -> None:
         self.max_color_distance = max_color_distance
+        #: the world removes shapes under 0.4 % of a 64x64 image (16 px)
         self.min_area = min_area
+        #: the world keeps object colours >= 90 (RGB distance) from the ground and from each
+        #: other; a region whose surroundings are this close to its colour is texture or noise
+        self.min_contrast = min_contrast
+        #: the world's largest shape covers about a fifth of the image; a larger region of one
+        #: colour is a background (e.g. the black ground of a drawn segmentation map), not a shape
+        self.max_area_fraction = max_area_fraction
 
     def regions(self, image: NDArray[np.uint8]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Candidate objects: a region map (0 = none, 1..N) and the palette index of each pixel."""
@@ -130,11 +162,18 @@ class SceneShapeDetector:
         for k in range(1, int(regions.max()) + 1):
             mask = regions == k
             area = int(mask.sum())
-            if area < self.min_area:
+            if area < self.min_area or area > self.max_area_fraction * h * w:
+                continue
+            if _contrast(image, mask) < self.min_contrast:
                 continue
             label, score = self._classify(mask, area, h, w)
             rows, cols = np.nonzero(mask)
-            box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+            box = (
+                float(cols.min()),
+                float(rows.min()),
+                float(cols.max() + 1),
+                float(rows.max() + 1),
+            )
             detections.append(Detection(label, score, box, mask))
         return detections
 

@@ -23,7 +23,12 @@ from sgt_data.prompts import instruction_set
 from sgt_data.schema import TaskKind
 from sgt_eval.benchmarks.tables import ImageRef
 from sgt_eval.benchmarks.understanding import VQABenchmark, VQAItem
-from sgt_eval.harness import evaluate_understanding, generation_settings, run_geneval, seed_everything
+from sgt_eval.harness import (
+    evaluate_understanding,
+    generation_settings,
+    run_geneval,
+    seed_everything,
+)
 from sgt_eval.parsing import leading_choice_letter, pope_yes_no
 from sgt_eval.report import BenchmarkResult, EvalSettings
 from sgt_eval.scoring.geneval import GenEvalPrompt, load_geneval_metadata
@@ -36,8 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SEGMENTATION_INSTRUCTION",
-    "SegmentationSet",
     "SceneVqaError",
+    "SegmentationSet",
     "evaluate_model",
     "load_scene_prompts",
     "load_scene_vqa",
@@ -63,7 +68,9 @@ class SceneVqaError(ValueError):
     """A scene VQA record that cannot be scored (names the file and line)."""
 
 
-def load_scene_vqa(path: str | Path, root: str | Path, max_questions: int | None = None) -> VQABenchmark:
+def load_scene_vqa(
+    path: str | Path, root: str | Path, max_questions: int | None = None
+) -> VQABenchmark:
     """The world's LLaVA JSONL as a benchmark; whole scenes are kept until ``max_questions``."""
     file, base = Path(path), Path(root)
     items: list[VQAItem] = []
@@ -86,7 +93,11 @@ def load_scene_vqa(path: str | Path, root: str | Path, max_questions: int | None
             break
         last_image = image
         fields = {"question_type": qtype, "image_id": image, "pope_split": meta.get("pope_split")}
-        items.append(VQAItem(str(rec["id"]), ImageRef((rec["image"],), base, where), question, answer, fields))
+        items.append(
+            VQAItem(
+                str(rec["id"]), ImageRef((rec["image"],), base, where), question, answer, fields
+            )
+        )
     if not items:
         raise SceneVqaError(f"{file}: no questions")
     return VQABenchmark(
@@ -132,9 +143,7 @@ def score_scene_vqa(items: Sequence[VQAItem], responses: Sequence[str]) -> list[
         # POPE's splits share the positives and differ in how negatives were drawn: a split is
         # every negative of its strategy plus the positives of the same images.
         splits, answers, preds = [], [], []
-        strategies = sorted(
-            {str(items[i].fields["pope_split"]) for i in existence} - {"positive"}
-        )
+        strategies = sorted({str(items[i].fields["pope_split"]) for i in existence} - {"positive"})
         for strategy in strategies:
             images = {
                 items[i].fields["image_id"]
@@ -143,7 +152,9 @@ def score_scene_vqa(items: Sequence[VQAItem], responses: Sequence[str]) -> list[
             }
             for i in existence:
                 split = items[i].fields["pope_split"]
-                if split == strategy or (split == "positive" and items[i].fields["image_id"] in images):
+                if split == strategy or (
+                    split == "positive" and items[i].fields["image_id"] in images
+                ):
                     splits.append(strategy)
                     answers.append(items[i].answer)
                     preds.append(responses[i])
@@ -192,7 +203,9 @@ def load_segmentation_set(store_path: str | Path, count: int) -> SegmentationSet
     spec = next(r for r in store.manifest.renderers if r.name == "semantic")
     return SegmentationSet(
         images=tuple(store.read_image(int(i)) for i in indices),
-        labels=tuple(store.read_label_map(int(i), TaskKind.SEGMENTATION, "semantic") for i in indices),
+        labels=tuple(
+            store.read_label_map(int(i), TaskKind.SEGMENTATION, "semantic") for i in indices
+        ),
         renderer=renderer_from_spec(spec),
     )
 

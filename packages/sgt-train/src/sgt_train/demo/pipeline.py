@@ -3,25 +3,29 @@
 
 Design of the comparison: a short base stage trains understanding and text-to-image from scratch;
 from that base, the **control** post-trains on VQA only and **SGT** post-trains on segmentation :
-VQA = 2 : 1 (interleaved micro-batches, the recipe's pattern ``seg, seg, vqa``). Both see the
+VQA = 2 : 1 (interleaved micro-batches, pattern ``vqa, seg, seg``). Both see the
 **same VQA samples in the same order** (same source name, store and mixture seed, so the VQA stream
-is identical); SGT therefore runs three times the control's steps, the extra two thirds being
+is identical, as long as the control stays within one pass over the VQA store, which holds at the
+shipped sizes; the integration test checks it); SGT therefore runs three times the control's steps, the extra two thirds being
 segmentation. Any difference between them comes from adding the segmentation task.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, cast
 
 from sgt_eval.report import EvalReport, EvalSettings
 
 if TYPE_CHECKING:
+    from sgt_models.protocol import UnifiedModelAdapter
     from sgt_train.config import RunConfig
 
 __all__ = ["DEMO_SIZES", "DemoResult", "DemoSize", "run_demo"]
@@ -114,7 +118,11 @@ def _run_config(
             "init_from": str(init_from) if init_from is not None else None,
             "data": {"sources": sources, "mode": "interleave", "pattern": pattern, "seed": seed},
             "optimizer": {"lr": size.lr, "eps": 1e-8, "weight_decay": 0.01},
-            "schedule": {"kind": "cosine", "warmup_steps": max(1, steps // 10), "min_lr": size.lr / 10},
+            "schedule": {
+                "kind": "cosine",
+                "warmup_steps": max(1, steps // 10),
+                "min_lr": size.lr / 10,
+            },
             "loss_weights": {"ce": 1.5, "mse": 1.0},
             "steps": steps,
             "micro_batch_size": size.micro_batch_size,
@@ -126,9 +134,7 @@ def _run_config(
     )
 
 
-def _train(
-    config: RunConfig, stage: str, progress: StageProgress | None
-) -> Path:
+def _train(config: RunConfig, stage: str, progress: StageProgress | None) -> Path:
     """Train one run with DeepSpeed and export its weights; the exported folder."""
     from sgt_train.export import export_run
     from sgt_train.loop import Hooks, fit, run_dir_of
@@ -138,8 +144,12 @@ def _train(
         hooks.on_start.append(lambda start, total: progress(stage, start, total))
         hooks.on_step.append(lambda m: progress(stage, m.step, m.total_steps))
     result = fit(config, hooks=hooks, resume=False)
-    exported = export_run(run_dir_of(config), run_dir_of(config) / "final", ema=False)
-    _log.info("%s: trained %d steps, final loss %.4f", config.name, result.final_step, result.losses[-1])
+    # DeepSpeed's fp32 consolidation prints to stdout and draws its own bar: keep the CLI clean
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        exported = export_run(run_dir_of(config), run_dir_of(config) / "final", ema=False)
+    _log.info(
+        "%s: trained %d steps, final loss %.4f", config.name, result.final_step, result.losses[-1]
+    )
     return exported
 
 
@@ -199,15 +209,23 @@ def run_demo(
     runs["control"] = _run_config(
         "control", out, spec, seed, [vqa_source], ["vqa"], spec.post_steps, weights["base"]
     )
+    # An epoch of the mixer ends with the anchor's (segmentation's) last step. With the pattern
+    # vqa, seg, seg and an even number of full segmentation steps per epoch, every epoch is whole
+    # patterns, so SGT's VQA micro-batches are exactly the control's, in order.
+    block = 2 * spec.micro_batch_size
+    seg_cap = (spec.num_train // block) * block
+    if seg_cap < block:
+        raise ValueError(f"demo size {spec.name!r}: num_train must be >= {block}")
     seg_source = {
         "name": "seg",
         "store": str(data.scenes),
         "task": "segmentation",
         "task_variant": "semantic",
         "ratio": 2.0,
+        "max_samples": seg_cap,
     }
     runs["sgt"] = _run_config(
-        "sgt", out, spec, seed, [seg_source, vqa_source], ["seg", "seg", "vqa"],
+        "sgt", out, spec, seed, [seg_source, vqa_source], ["vqa", "seg", "seg"],
         3 * spec.post_steps, weights["base"],
     )  # fmt: skip
     for name in ("control", "sgt"):
@@ -228,8 +246,10 @@ def run_demo(
     for name in MODEL_NAMES:
         t0 = time.perf_counter()
         adapter = load_adapter(weights[name]).eval()
+        # the protocol declares `config` as a mutable attribute of the union type, which a
+        # concrete adapter's narrower `config` cannot satisfy for mypy (invariance)
         results, maps[name] = evaluate_model(
-            adapter, vqa, prompts, segmentation, settings,
+            cast("UnifiedModelAdapter", adapter), vqa, prompts, segmentation, settings,
             geneval_dir=out / "geneval" / name, progress=stage(f"eval {name}"),
         )  # fmt: skip
         reports[name] = build_report(name, adapter.kind, settings, results, str(weights[name]))
@@ -256,6 +276,3 @@ def run_demo(
         encoding="utf-8",
     )
     return DemoResult(out, report_dir, summary, reports, seeds, times, total)
-
-
-Literal  # noqa: B018 - kept for the public type of size names

@@ -14,8 +14,8 @@ import numpy as np
 from sgt_data.convert import (
     CocoInstancesConverter,
     CocoStuffConverter,
-    ConvertOptions,
     Converter,
+    ConvertOptions,
     VqaConverter,
     WorkItem,
     run_conversion,
@@ -42,7 +42,10 @@ class SceneCaptionConverter(Converter):
     format = "scene"  # type: ignore[assignment]
 
     def __init__(
-        self, annotations: str | os.PathLike[str], root: str | os.PathLike[str], opts: ConvertOptions
+        self,
+        annotations: str | os.PathLike[str],
+        root: str | os.PathLike[str],
+        opts: ConvertOptions,
     ) -> None:
         super().__init__(opts)
         self.annotations = Path(annotations)
@@ -64,7 +67,9 @@ class SceneCaptionConverter(Converter):
             if not isinstance(record, dict) or not all(
                 isinstance(record.get(k), str) for k in ("id", "image", "prompt")
             ):
-                raise ConversionError(file, f"line {n}", "a record needs string 'id', 'image', 'prompt'")
+                raise ConversionError(
+                    file, f"line {n}", "a record needs string 'id', 'image', 'prompt'"
+                )
             rid = record["id"]
             if rid in seen:
                 bad.append(SkippedItem(item_id=rid, file=file, reason=f"duplicate id (line {n})"))
@@ -176,7 +181,12 @@ def build_stores(
             SceneCaptionConverter(
                 world.train.t2i,
                 world.root,
-                ConvertOptions(name="scenes-train-t2i", reconstruction=False, seed=seed, num_classes=NUM_SCENE_CLASSES),
+                ConvertOptions(
+                    name="scenes-train-t2i",
+                    reconstruction=False,
+                    seed=seed,
+                    num_classes=NUM_SCENE_CLASSES,
+                ),
             ),
             stores / "scenes-train-t2i",
         ),
@@ -185,7 +195,12 @@ def build_stores(
             CocoStuffConverter(
                 world.eval.semantic,
                 world.eval.images,
-                ConvertOptions(name="scenes-eval-semantic", reconstruction=False, seed=seed, num_classes=NUM_SCENE_CLASSES),
+                ConvertOptions(
+                    name="scenes-eval-semantic",
+                    reconstruction=False,
+                    seed=seed,
+                    num_classes=NUM_SCENE_CLASSES,
+                ),
             ),
             stores / "scenes-eval-semantic",
         ),
@@ -193,7 +208,9 @@ def build_stores(
     manifests: dict[str, StoreManifest] = {}
     for done, (key, converter, out) in enumerate(jobs):
         manifests[key] = run_conversion(converter, out, overwrite=True)
-        _log.info("store %s: %d samples %s", out, manifests[key].num_samples, manifests[key].task_counts)
+        _log.info(
+            "store %s: %d samples %s", out, manifests[key].num_samples, manifests[key].task_counts
+        )
         if progress is not None:
             progress(done + 1, len(jobs))
     return DemoStores(

@@ -1,0 +1,275 @@
+"""`sgt-train demo` end to end (tiny size), and the scene-specific evaluation glue it relies on.
+
+The detector and scorers are checked against the scene world's written ground truth (COCO masks
+decoded by pycocotools, the LLaVA answers), never against the demo's own output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgt_data import write_world
+from sgt_eval.benchmarks.understanding import VQABenchmark
+from sgt_eval.report import EvalReport
+from sgt_eval.scoring.geneval import (
+    COLORS,
+    color_crops,
+    evaluate_geneval_image,
+    load_geneval_metadata,
+)
+from sgt_train.demo.detector import SceneShapeDetector, scene_color_classifier
+from sgt_train.demo.evaluation import load_scene_vqa
+
+pycocotools_mask = pytest.importorskip("pycocotools.mask")
+
+EXPECTED_RESULTS = {
+    ("scene-pope", "adversarial"),
+    ("scene-pope", "popular"),
+    ("scene-pope", "random"),
+    ("scene-pope", "overall"),
+    ("scene-counting", "default"),
+    ("scene-color", "default"),
+    ("scene-relation", "default"),
+    ("scene-depth", "default"),
+    ("geneval", "scene"),
+    ("sgt-proxy-segmentation", "semantic"),
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    write_world(root, num_train=60, num_eval=20, seed=3)
+    return root
+
+
+def _ground_truth(root: Path, split: str) -> list[tuple[np.ndarray, list[dict]]]:
+    coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    out = []
+    for im in coco["images"]:
+        image = np.asarray(Image.open(root / "images" / split / im["file_name"]).convert("RGB"))
+        objects = []
+        for ann in coco["annotations"]:
+            if ann["image_id"] != im["id"]:
+                continue
+            seg = ann["segmentation"]
+            if isinstance(seg, list):
+                rle = pycocotools_mask.merge(
+                    pycocotools_mask.frPyObjects(seg, im["height"], im["width"])
+                )
+            else:
+                rle = seg
+            mask = pycocotools_mask.decode(rle).astype(bool)
+            objects.append(
+                {
+                    "class": names[ann["category_id"]],
+                    "color": ann["color"],
+                    "mask": mask,
+                    "occluded": isinstance(seg, dict),
+                }
+            )
+        out.append((image, objects))
+    return out
+
+
+def test_scene_detector_finds_the_annotated_shapes(world: Path) -> None:
+    detector, classifier = SceneShapeDetector(), scene_color_classifier()
+    clean = clean_hits = color_hits = spurious = 0
+    for image, objects in _ground_truth(world, "train"):
+        detections = detector.detect(image)
+        matched: set[int] = set()
+        for obj in objects:
+            ious = [(d.mask & obj["mask"]).sum() / (d.mask | obj["mask"]).sum() for d in detections]
+            best = int(np.argmax(ious)) if ious else -1
+            if best >= 0 and ious[best] > 0.5:
+                matched.add(best)
+            if obj["occluded"]:
+                continue
+            clean += 1
+            if best >= 0 and ious[best] > 0.5 and detections[best].label == obj["class"]:
+                clean_hits += 1
+                crop = color_crops(image, [detections[best]])
+                color_hits += (
+                    classifier.classify(crop, obj["class"], list(COLORS))[0] == obj["color"]
+                )
+        spurious += len(detections) - len(matched)
+    assert clean > 100
+    assert clean_hits / clean >= 0.9, f"class right for {clean_hits}/{clean} unoccluded shapes"
+    assert color_hits == clean_hits, "colour of a correctly detected shape misnamed"
+    assert spurious == 0, f"{spurious} detections match no annotated shape"
+
+
+def test_scene_detector_sees_no_shape_in_backgrounds_and_noise() -> None:
+    rng = np.random.default_rng(0)
+    plain = np.full((64, 64, 3), (170, 168, 160), np.uint8)
+    textured = np.clip(plain + rng.integers(-10, 11, (64, 64, 1)), 0, 255).astype(np.uint8)
+    noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    black_ground = np.zeros((64, 64, 3), np.uint8)  # a segmentation map's background
+    detector = SceneShapeDetector()
+    assert detector.detect(black_ground) == []
+    assert detector.detect(plain) == []
+    assert detector.detect(textured) == []
+    assert all(d.score < 0.3 for d in detector.detect(noise))
+
+
+def test_world_images_pass_their_own_geneval_prompts(world: Path) -> None:
+    """The true image of a prompt must satisfy it through the GenEval rules and the detector
+    (misses come from occluded or merged same-colour shapes, which the world allows)."""
+    path = world / "t2i" / "train.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    prompts = load_geneval_metadata(path, expected_rows=None)
+    detector, classifier = SceneShapeDetector(), scene_color_classifier()
+    passed = [
+        evaluate_geneval_image(
+            np.asarray(Image.open(world / rec["image"]).convert("RGB")), p, detector, classifier
+        ).correct
+        for p, rec in zip(prompts, records, strict=True)
+    ]
+    assert sum(passed) / len(passed) >= 0.75
+    # a prompt about another scene's image mostly fails
+    shifted = [
+        evaluate_geneval_image(
+            np.asarray(Image.open(world / rec["image"]).convert("RGB")), p, detector, classifier
+        ).correct
+        for p, rec in zip(prompts, records[1:] + records[:1], strict=True)
+    ]
+    assert sum(shifted) < sum(passed) / 2
+
+
+def _scores(
+    benchmark: VQABenchmark, responses: list[str]
+) -> dict[tuple[str, str], dict[str, float]]:
+    return {(r.benchmark, r.split): r.metrics for r in benchmark.score(responses)}
+
+
+def test_scene_vqa_scoring_follows_the_answers(world: Path) -> None:
+    bench = load_scene_vqa(world / "vqa" / "eval.jsonl", world)
+    perfect = _scores(bench, [it.answer for it in bench.items])
+    assert set(perfect) == EXPECTED_RESULTS - {
+        ("geneval", "scene"),
+        ("sgt-proxy-segmentation", "semantic"),
+    }
+    for key, metrics in perfect.items():
+        primary = metrics.get("accuracy", metrics.get("f1", metrics.get("f1_mean")))
+        assert primary == pytest.approx(100.0), key
+    always_yes = _scores(bench, ["Yes"] * len(bench.items))
+    assert always_yes[("scene-pope", "overall")]["yes_ratio_mean"] == pytest.approx(100.0)
+    assert always_yes[("scene-pope", "overall")]["accuracy_mean"] < 75.0
+    # images stay whole when the question budget cuts the list
+    capped = load_scene_vqa(world / "vqa" / "eval.jsonl", world, max_questions=10)
+    kept = {it.fields["image_id"] for it in capped.items}
+    assert sum(it.fields["image_id"] in kept for it in bench.items) == len(capped.items)
+
+
+def _table_rows(summary: str) -> list[list[str]]:
+    lines = [
+        line
+        for line in summary.splitlines()
+        if line.startswith(("| scene-", "| geneval", "| sgt-proxy"))
+    ]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def _result_key(label: str) -> tuple[str, str]:
+    m = re.fullmatch(r"(\S+)(?: \((\S+)\))?", label)
+    assert m is not None, label
+    return m.group(1), m.group(2) or "default"
+
+
+def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgt_train.cli",
+            "demo",
+            "--size",
+            "tiny",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert re.search(r"total time: \d+\.\d s", proc.stdout)
+    report_dir = out / "report"
+
+    reports = {
+        name: EvalReport.read(report_dir / f"{name}.json") for name in ("base", "control", "sgt")
+    }
+    for name, report in reports.items():
+        assert {(r.benchmark, r.split) for r in report.results} == EXPECTED_RESULTS, name
+        assert report.model_kind == "reference"
+        assert report.settings.seed == 0
+
+    rows = _table_rows((report_dir / "summary.md").read_text())
+    assert len(rows) >= len(EXPECTED_RESULTS)
+    for label, metric, items, base, control, sgt, d_base, d_control, _noise in rows:
+        key = _result_key(label)
+        values = {m: reports[m].result(*key).metrics[metric] for m in reports}
+        assert int(items) == reports["base"].result(*key).num_items
+        for cell, name in ((base, "base"), (control, "control"), (sgt, "sgt")):
+            assert float(cell) == pytest.approx(values[name], abs=0.005 + 1e-9), (
+                label,
+                metric,
+                name,
+            )
+        assert float(d_base) == pytest.approx(values["sgt"] - values["base"], abs=0.005 + 1e-9)
+        assert float(d_control) == pytest.approx(
+            values["sgt"] - values["control"], abs=0.005 + 1e-9
+        )
+
+    for name in ("loss_curves.png", "segmentation_grid.png", "bar_geneval_scene.png"):
+        with Image.open(report_dir / name) as im:
+            im.load()
+            assert 200 <= im.width <= 4000, (name, im.size)
+            assert 150 <= im.height <= 4000, (name, im.size)
+            assert len(set(np.asarray(im.convert("L")).ravel().tolist())) > 8, f"{name} is blank"
+
+    # only SGT trained on segmentation; control and SGT saw the same VQA micro-batches, in order
+    def rows_of(run: str) -> list[dict]:
+        return [
+            json.loads(line)
+            for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    assert not any("segmentation/mse" in r for r in rows_of("control"))
+    assert sum("segmentation/mse" in r for r in rows_of("sgt")) == 2 * len(rows_of("control"))
+    assert _vqa_stream(out / "runs" / "control") == _vqa_stream(out / "runs" / "sgt")
+
+
+def _vqa_stream(run_dir: Path) -> list[list[int]]:
+    """The VQA store indices of each VQA micro-batch a run's mixture drew over its steps."""
+    from sgt_data.mixing import MixtureSampler, build_datasets
+    from sgt_data.store import SampleStore
+    from sgt_train.config import load_run_config
+
+    config = load_run_config(run_dir / "run_config.yaml")
+    datasets = build_datasets(config.data, SampleStore.open)
+    sampler = MixtureSampler.from_config(
+        config.data, [len(d) for d in datasets], micro_batch_size=config.micro_batch_size
+    )
+    vqa = [s.name for s in config.data.sources].index("vqa")
+    batches = []
+    for step in range(config.steps):
+        keys = sampler.plan(step // sampler.steps_per_epoch, step % sampler.steps_per_epoch)
+        if keys[0].source == vqa:
+            batches.append([int(datasets[vqa].indices[k.item]) for k in keys])
+    return batches
