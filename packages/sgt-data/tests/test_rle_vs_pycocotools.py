@@ -156,6 +156,20 @@ def test_polygons_rasterise_like_pycocotools(case: tuple[list[list[float]], int,
     assert rle.frPyObjects(polys[0], h, w) == ref[0]
 
 
+@settings(max_examples=40, deadline=None)
+@given(polygon_cases())
+def test_polygon_containers_agree(case: tuple[list[list[float]], int, int]) -> None:
+    """Lists, tuples, float64 arrays and strided float64 views of a polygon rasterise alike."""
+    polys, h, w = case
+    ref = mask_api.frPyObjects([polys[0]], h, w)[0]
+    xy = np.array(polys[0], dtype=np.float64)
+    strided = np.repeat(xy, 2)[::2]
+    assert not strided.flags.c_contiguous
+    for p in (polys[0], tuple(polys[0]), xy, strided):
+        assert rle.polygons_to_rle([p], h, w) == ref  # type: ignore[list-item]
+        assert rle.frPyObjects([p], h, w) == [ref]
+
+
 @SETTINGS
 @given(
     st.integers(1, 50),

@@ -5,7 +5,7 @@ pre-built micro-batches (2:1 segmentation : VQA interleave) with AdamW, the same
 gradient accumulation and clipping, in this process. The trainer's time excludes start-up and
 checkpoints (timed between its step hooks). Target: DeepSpeed overhead <= 15 %.
 
-    python packages/sgt-train/bench/bench_trainer.py [--steps 30] [--repeats 3]
+    python packages/sgt-train/bench/bench_trainer.py [--steps 20] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -119,10 +119,8 @@ def plain_loop(config: Any) -> float:
     sched = make_scheduler(opt, config.optimizer.lr, config.schedule, config.steps)
     batches = iter(_Batches(config.micro_batch_size, 3 * config.gradient_accumulation))
     params = decay + no_decay
-    start = 0.0
-    for step in range(config.steps):
-        if step == WARMUP:
-            start = time.perf_counter()
+    stamps = []
+    for _step in range(config.steps):
         for _ in range(config.gradient_accumulation):
             out = model(model.collate(next(batches)), config.loss_weights)
             (out.total / config.gradient_accumulation).backward()
@@ -131,7 +129,8 @@ def plain_loop(config: Any) -> float:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    return (config.steps - WARMUP) / (time.perf_counter() - start)
+        stamps.append(time.perf_counter())
+    return _median_rate(stamps[WARMUP - 1 :])
 
 
 def trainer(config: Any) -> float:
@@ -147,14 +146,21 @@ def trainer(config: Any) -> float:
         hooks=Hooks(on_step=[on_step]),
         resume=False,
     )
-    return (config.steps - WARMUP) / (stamps[config.steps] - stamps[WARMUP])
+    return _median_rate([stamps[s] for s in range(WARMUP, config.steps + 1)])
+
+
+def _median_rate(stamps: list[float]) -> float:
+    """Steps/s from the median step time (robust to bursts of load on a shared machine)."""
+    return 1.0 / float(np.median(np.diff(stamps)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # DeepSpeed's start-up may change it; keep both equal
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     rows: dict[str, list[float]] = {
@@ -164,13 +170,14 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="sgt-bench-") as tmp:
         for _ in range(args.repeats):  # interleaved, best of repeats: the machine is shared
+            torch.set_num_threads(args.threads)
             rows["plain PyTorch"].append(plain_loop(_config(tmp, args.steps, 0)))
             rows["sgt-train ZeRO-0"].append(trainer(_config(tmp + "/a", args.steps, 0)))
             rows["sgt-train ZeRO-2"].append(trainer(_config(tmp + "/b", args.steps, 2)))
     base = max(rows["plain PyTorch"])
     print(
         f"\ntiny reference model, micro-batch 2 x accumulation 2, {args.steps} steps "
-        f"({WARMUP} warm-up), best of {args.repeats}, torch threads {torch.get_num_threads()}"
+        f"({WARMUP} warm-up), median step time, best of {args.repeats}, torch threads {torch.get_num_threads()}"
     )
     print(f"{'loop':<20} {'steps/s':>9} {'vs plain':>9} {'overhead':>9}")
     for name, values in rows.items():

@@ -376,7 +376,15 @@ def _pack(
     return _Packed(counts.astype(np.int64, copy=False), offs, sizes)
 
 
-def _plain_strings(rles: Sequence[object], h: int | None = None, w: int | None = None) -> Any:
+_ONLY_DICT = {dict}
+_ONLY_INT = {int}
+_ONLY_BYTES = {bytes}
+_ONLY_STR = {str}
+_get_size = operator.itemgetter("size")
+_get_counts = operator.itemgetter("counts")
+
+
+def _plain_strings(rles: Sequence[Any], h: int | None = None, w: int | None = None) -> Any:
     """``(h, w, joined bytes, int64 lengths)`` of RLE dicts that all hold compressed counts
     (all bytes or all ASCII str) of one plain ``[h, w]`` size (given, or the first one's);
     None when anything differs.
@@ -384,30 +392,30 @@ def _plain_strings(rles: Sequence[object], h: int | None = None, w: int | None =
     The cheap common case, in C-level loops: callers fall back to :func:`_pack`, which
     validates and names the offending RLE.
     """
-    if not rles or set(map(type, rles)) != {dict}:
+    if not rles or set(map(type, rles)) != _ONLY_DICT:
         return None
     try:
-        sizes = [r["size"] for r in rles]  # type: ignore[index]
-        strings = [r["counts"] for r in rles]  # type: ignore[index]
+        sizes = list(map(_get_size, rles))
+        strings = list(map(_get_counts, rles))
     except KeyError:
         return None
     first = sizes[0]
-    if type(first) is not list and type(first) is not tuple or len(first) != 2:
+    if (type(first) is not list and type(first) is not tuple) or len(first) != 2:
         return None
     if sizes.count(first) != len(sizes):
         return None
-    if set(map(type, itertools.chain.from_iterable(sizes))) != {int}:
+    if set(map(type, itertools.chain.from_iterable(sizes))) != _ONLY_INT:
         return None
     if h is None:
         h, w = first
-        if h < 0 or w < 0 or h * w > MAX_PIXELS:  # type: ignore[operator]
+        if h < 0 or w < 0 or h * w > MAX_PIXELS:
             return None
     elif first[0] != h or first[1] != w:
         return None
     kinds = set(map(type, strings))
-    if kinds == {bytes}:
+    if kinds == _ONLY_BYTES:
         data = b"".join(strings)
-    elif kinds == {str}:
+    elif kinds == _ONLY_STR:
         text = "".join(strings)
         if not text.isascii():
             return None
@@ -539,16 +547,17 @@ def decode(
         res = out
     flat = res.reshape(-1, order="F")
     k = _k()
-    if plain is not None and not _use_parallel(flat.nbytes, n, parallel):
-        info = np.zeros(3, dtype=np.int64)
+    par = _use_parallel(flat.nbytes, n, parallel)
+    if plain is not None and not par:
+        # common case: compressed strings parsed and written in one pass
+        info = np.empty(3, dtype=np.int64)  # written on error only
         status = k.decode_strings_colmajor(plain[2], plain[3], h * w, flat, info)
         if status:
             raise _kernel_error(status, info, [(h, w)] * n, None, None)
         return res
     if plain is not None:
         packed = _pack(rleObjs)
-    fill = k.fill_colmajor_parallel if _use_parallel(flat.nbytes, n, parallel) else k.fill_colmajor
-    fill(packed.counts, packed.offs, h * w, flat)
+    (k.fill_colmajor_parallel if par else k.fill_colmajor)(packed.counts, packed.offs, h * w, flat)
     return res
 
 
@@ -695,6 +704,30 @@ def _polygon(
     return np.ascontiguousarray(xy)
 
 
+def _polygon_rle_fast(p: object, h: int, w: int) -> RLEDict | None:
+    """The compressed RLE of one well-formed polygon in one kernel call; None when the
+    polygon is malformed in any way (the validating path then names the problem)."""
+    if type(p) is np.ndarray:
+        if p.dtype != np.float64 or p.ndim != 1:
+            return None
+        xy = p
+    elif type(p) is list or type(p) is tuple:
+        try:
+            xy = np.array(p, dtype=np.float64)
+        except (ValueError, TypeError):
+            return None
+        if xy.ndim != 1:
+            return None
+    else:
+        return None
+    if xy.shape[0] < 6 or xy.shape[0] % 2:
+        return None
+    status, chars = _k().polygon_string(xy, h, w, _MAX_COORD, _MAX_POLY_STEPS)
+    if status:
+        return None
+    return {"size": [h, w], "counts": chars.tobytes()}
+
+
 def _poly_counts_list(
     polys: Sequence[object], h: int, w: int, image_id: object, ann_ids: Sequence[IdLike] | None
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -742,6 +775,9 @@ def frPyObjects(pyobj: Any, h: int, w: int) -> Any:
         if all(isinstance(o, dict) for o in pyobj):
             return _rle_with_size(pyobj, h, w)
         if all(isinstance(o, (list, tuple, np.ndarray)) for o in pyobj):
+            fast = [_polygon_rle_fast(p, h, w) for p in pyobj]
+            if None not in fast:
+                return fast
             counts, offs = _poly_counts_list(pyobj, h, w, None, None)
             return _rle_dicts(counts, offs, [(h, w)] * len(pyobj))
         if all(isinstance(o, (int, float, np.number)) for o in pyobj):
@@ -800,6 +836,10 @@ def polygons_to_rle(
         raise _error(
             "polygons must be a non-empty list of [x0, y0, x1, y1, ...] lists", 0, image_id, ids
         )
+    if len(polygons) == 1:
+        fast = _polygon_rle_fast(polygons[0], h, w)
+        if fast is not None:
+            return fast
     counts, offs = _poly_counts_list(polygons, h, w, image_id, ids)
     if len(polygons) > 1:
         counts = _k().merge(counts, offs, False)

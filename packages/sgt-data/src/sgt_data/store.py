@@ -11,10 +11,11 @@ Layout (see the package README for the reasoning)::
       manifest.json          the StoreManifest (written last; its presence marks a finished store)
       _sgt_progress.json     the commit journal (committed items/samples, field extents, skipped)
 
-Every flat array is sharded; each batch of samples starts on a chunk boundary of every array, so a
-batch never re-encodes a committed chunk. A batch is committed by writing its data, then
-atomically replacing the journal; readers of an unfinished store see nothing, and a re-run resumes
-after the last committed batch, overwriting whatever an interrupted batch left behind.
+Every flat array is sharded; each batch of samples starts on a shard boundary of every array, so
+no batch makes zarr rewrite a shard holding committed samples (zarr rewrites whole shards). A
+batch is committed by writing its data, then atomically replacing the journal; readers of an
+unfinished store see nothing, and a re-run resumes after the last committed batch, overwriting
+whatever an interrupted batch left behind.
 """
 
 from __future__ import annotations

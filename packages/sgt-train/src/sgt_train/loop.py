@@ -270,13 +270,8 @@ class _MetricSinks:
             return
         _truncate_jsonl(self.jsonl, start_step)
         if config.logging.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise RuntimeError(
-                    "logging.tensorboard is true but tensorboard is not installed: "
-                    "pip install 'sgt-train[tensorboard]' or set logging.tensorboard=false"
-                ) from exc
+            from torch.utils.tensorboard import SummaryWriter  # tensorboard is a dependency
+
             self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def write(self, metrics: StepMetrics) -> None:
