@@ -93,7 +93,14 @@ def _check(h: int, w: int, counts: Any) -> bool:
     except RLEError:
         with pytest.raises(RLEError):
             rle.as_counts(obj)
+        # the fused batch kernels (strings parsed while writing) reject it too
+        with pytest.raises(RLEError):
+            rle.decode([obj, obj])
+        with pytest.raises(RLEError):
+            rle.paint_label_map([obj], h, w)
         return False
+    np.testing.assert_array_equal(rle.decode([obj, obj]), np.stack([got, got], axis=2))
+    np.testing.assert_array_equal(rle.paint_label_map([obj], h, w), got)
     c = rle.as_counts(obj)
     assert (c >= 0).all()
     assert int(c.sum()) == h * w

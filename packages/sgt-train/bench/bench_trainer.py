@@ -1,11 +1,16 @@
 """Steps/s of the sgt-train DeepSpeed trainer against a plain PyTorch loop, same model, same data.
 
-Both train the tiny reference adapter (``ReferenceAdapterConfig(size="tiny")``) on the same
-pre-built micro-batches (2:1 segmentation : VQA interleave) with AdamW, the same LR schedule,
-gradient accumulation and clipping, in this process. The trainer's time excludes start-up and
-checkpoints (timed between its step hooks). Target: DeepSpeed overhead <= 15 %.
+Both train the tiny reference adapter (``ReferenceAdapterConfig(size="tiny")``) in this process on
+the same micro-batches, collated once up front (2:1 segmentation : VQA interleave), with
+``torch.optim.AdamW``, the same LR schedule, gradient accumulation and clipping, and the same torch
+thread settings (checked after every run). Each run drops its first ``--warmup`` steps; runs
+alternate in a rotating order after one unmeasured warm-up run of each loop; a loop's figure is the
+median over repeats of its runs' median step time. Wall time is the headline; process CPU time
+per step is printed beside it (steadier when other jobs share the machine). The trainer's time
+excludes start-up and the final checkpoint (timed between its step hooks).
+Target: DeepSpeed overhead <= 15 %.
 
-    python packages/sgt-train/bench/bench_trainer.py [--steps 20] [--repeats 3]
+    python packages/sgt-train/bench/bench_trainer.py [--steps 16] [--repeats 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -29,8 +34,13 @@ from sgt_train import validate_run_config
 from sgt_train.loop import Hooks, StepMetrics, fit
 from sgt_train.schedule import make_scheduler
 
-WARMUP = 3
 PATTERN = (TaskKind.SEGMENTATION, TaskKind.SEGMENTATION, TaskKind.UNDERSTANDING)
+#: (wall, process CPU) time stamps, one pair after each optimizer step.
+Stamps = list[tuple[float, float]]
+
+
+def _stamp() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
 def _sample(index: int, task: TaskKind) -> Sample:
@@ -55,17 +65,24 @@ def _sample(index: int, task: TaskKind) -> Sample:
     )
 
 
-class _Batches:
-    """Pre-built micro-batches, replayed in a cycle (resumable, as the trainer wants)."""
+def _collated_batches(config: Any, count: int) -> list[Any]:
+    """``count`` micro-batches in the 2:1 pattern, collated once by the adapter's processor."""
+    collate = build_adapter(config.model).collate
+    mb = config.micro_batch_size
+    return [
+        collate([_sample(m * mb + j, PATTERN[m % len(PATTERN)]) for j in range(mb)])
+        for m in range(count)
+    ]
 
-    def __init__(self, micro_batch_size: int, count: int) -> None:
-        self.batches = [
-            [_sample(m * micro_batch_size + j, PATTERN[m % 3]) for j in range(micro_batch_size)]
-            for m in range(count)
-        ]
+
+class _Batches:
+    """Ready micro-batches replayed in a cycle (resumable, as the trainer wants)."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches = batches
         self.position = 0
 
-    def __iter__(self) -> Iterator[list[Sample]]:
+    def __iter__(self) -> Iterator[Any]:
         while True:
             batch = self.batches[self.position % len(self.batches)]
             self.position += 1
@@ -97,6 +114,7 @@ def _config(out: str, steps: int, stage: int) -> Any:
             "steps": steps,
             "micro_batch_size": 2,
             "gradient_accumulation": 2,
+            "grad_clip": 1.0,
             "zero": {"stage": stage},
             "checkpoint": {"every": 10_000, "keep_last": 1},
             "logging": {"every": 10_000, "tensorboard": False, "progress_bar": False},
@@ -104,85 +122,114 @@ def _config(out: str, steps: int, stage: int) -> Any:
     )
 
 
-def plain_loop(config: Any) -> float:
-    """Steps/s of a hand-written PyTorch loop doing the same work."""
+def plain_loop(config: Any, batches: list[Any]) -> Stamps:
+    """A hand-written PyTorch loop doing the trainer's work: AdamW (decay on >= 2-d weights),
+    loss / accumulation, the loss parts read back per micro-batch, clipping, LR schedule."""
     torch.manual_seed(config.seed)
     model = build_adapter(config.model)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.optimizer.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=config.optimizer.lr,
         betas=config.optimizer.betas,
         eps=config.optimizer.eps,
     )
     sched = make_scheduler(opt, config.optimizer.lr, config.schedule, config.steps)
-    batches = iter(_Batches(config.micro_batch_size, 3 * config.gradient_accumulation))
+    source = iter(_Batches(batches))
     params = decay + no_decay
-    stamps = []
+    stamps: Stamps = []
     for _step in range(config.steps):
         for _ in range(config.gradient_accumulation):
-            out = model(model.collate(next(batches)), config.loss_weights)
+            out = model(next(source).to("cpu", None), config.loss_weights)
             (out.total / config.gradient_accumulation).backward()
-            _ = {k: float(v.detach()) for k, v in out.parts.items()}
+            _ = float(out.total.detach()), {k: float(v.detach()) for k, v in out.parts.items()}
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        stamps.append(time.perf_counter())
-    return _median_rate(stamps[WARMUP - 1 :])
+        stamps.append(_stamp())
+    return stamps
 
 
-def trainer(config: Any) -> float:
-    """Steps/s of ``sgt_train.fit`` between step hooks (start-up and checkpoints excluded)."""
-    stamps: dict[int, float] = {}
+def trainer(config: Any, batches: list[Any]) -> Stamps:
+    """``sgt_train.fit``, stamped by its step hook (start-up and checkpoints excluded)."""
+    stamps: Stamps = []
 
     def on_step(m: StepMetrics) -> None:
-        stamps[m.step] = time.perf_counter()
+        stamps.append(_stamp())
 
-    fit(
-        config,
-        source=_Batches(config.micro_batch_size, 3 * config.gradient_accumulation),
-        hooks=Hooks(on_step=[on_step]),
-        resume=False,
+    fit(config, source=_Batches(batches), hooks=Hooks(on_step=[on_step]), resume=False)
+    return stamps
+
+
+def _median_step(stamps: Stamps, warmup: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds per step after ``warmup`` steps."""
+    kept = np.asarray(stamps[warmup - 1 :])
+    steps = np.diff(kept, axis=0)
+    return float(np.median(steps[:, 0])), float(np.median(steps[:, 1]))
+
+
+def _threads() -> tuple[int, int, str]:
+    return (
+        torch.get_num_threads(),
+        torch.get_num_interop_threads(),
+        os.environ.get("OMP_NUM_THREADS", "-"),
     )
-    return _median_rate([stamps[s] for s in range(WARMUP, config.steps + 1)])
-
-
-def _median_rate(stamps: list[float]) -> float:
-    """Steps/s from the median step time (robust to bursts of load on a shared machine)."""
-    return 1.0 / float(np.median(np.diff(stamps)))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=3, help="steps dropped from every run")
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)  # DeepSpeed's start-up may change it; keep both equal
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)  # before any inter-op work; the loops use none
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    rows: dict[str, list[float]] = {
-        "plain PyTorch": [],
-        "sgt-train ZeRO-0": [],
-        "sgt-train ZeRO-2": [],
-    }
+    threads = _threads()
+    loops: dict[str, Callable[[str, int], Stamps]] = {}
     with tempfile.TemporaryDirectory(prefix="sgt-bench-") as tmp:
-        for _ in range(args.repeats):  # interleaved, best of repeats: the machine is shared
-            torch.set_num_threads(args.threads)
-            rows["plain PyTorch"].append(plain_loop(_config(tmp, args.steps, 0)))
-            rows["sgt-train ZeRO-0"].append(trainer(_config(tmp + "/a", args.steps, 0)))
-            rows["sgt-train ZeRO-2"].append(trainer(_config(tmp + "/b", args.steps, 2)))
-    base = max(rows["plain PyTorch"])
+        batches = _collated_batches(_config(tmp, args.steps, 0), 3 * 2)
+        loops = {
+            "plain PyTorch": lambda out, steps: plain_loop(_config(out, steps, 0), batches),
+            "sgt-train ZeRO-0": lambda out, steps: trainer(_config(out, steps, 0), batches),
+            "sgt-train ZeRO-2": lambda out, steps: trainer(_config(out, steps, 2), batches),
+        }
+        names = list(loops)
+        for i, name in enumerate(names):  # unmeasured warm-up of each loop
+            loops[name](f"{tmp}/warm{i}", args.warmup + 2)
+        rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        for r in range(args.repeats):  # rotate the order: no loop always runs first
+            for k in range(len(names)):
+                name = names[(r + k) % len(names)]
+                stamps = loops[name](f"{tmp}/r{r}k{k}", args.steps)
+                rows[name].append(_median_step(stamps, args.warmup))
+                if _threads() != threads:
+                    raise RuntimeError(f"{name} changed torch threads {threads} -> {_threads()}")
+    per_loop = {name: np.median(np.asarray(v), axis=0) for name, v in rows.items()}
+    base_wall, base_cpu = per_loop["plain PyTorch"]
     print(
-        f"\ntiny reference model, micro-batch 2 x accumulation 2, {args.steps} steps "
-        f"({WARMUP} warm-up), median step time, best of {args.repeats}, torch threads {torch.get_num_threads()}"
+        f"\ntiny reference model, micro-batch 2 x accumulation 2, fp32, AdamW, clip 1.0; "
+        f"{args.steps} steps per run ({args.warmup} dropped), median of {args.repeats} "
+        f"alternating runs; torch threads {threads[0]}, interop {threads[1]}, "
+        f"OMP_NUM_THREADS {threads[2]}; load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'loop':<20} {'steps/s':>9} {'vs plain':>9} {'overhead':>9}")
-    for name, values in rows.items():
-        best = max(values)
-        print(f"{name:<20} {best:>9.3f} {best / base:>9.3f} {100 * (base / best - 1):>8.1f}%")
+    print(
+        f"{'loop':<18} {'steps/s':>8} {'overhead':>9} {'CPU ms/step':>12} {'CPU overhead':>13}"
+        f"  {'per-run steps/s':<}"
+    )
+    for name, (wall, cpu) in per_loop.items():
+        runs = " ".join(f"{1 / w:.2f}" for w, _ in rows[name])
+        print(
+            f"{name:<18} {1 / wall:>8.3f} {100 * (wall / base_wall - 1):>8.1f}% "
+            f"{1000 * cpu:>12.1f} {100 * (cpu / base_cpu - 1):>12.1f}%  {runs}"
+        )
     print("target: DeepSpeed overhead <= 15 %")
 
 

@@ -314,7 +314,8 @@ def decode_string_colmajor(buf, out, info):  # type: ignore[no-untyped-def]
             info[1] = e
             info[2] = hw
             return ERR_SUM
-        out[pos:e] = j & 1
+        if x:
+            _put_run(out, pos, e, np.uint8(j & 1), hw)
         pos = e
         prev2 = prev1
         prev1 = x

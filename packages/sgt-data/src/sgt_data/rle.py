@@ -916,7 +916,7 @@ def paint_label_map(
         if out.shape != (height, width) or out.dtype != dt or not out.flags.c_contiguous:
             raise RLEError(f"out must be a C-ordered {dt} array of shape ({height}, {width})")
         res = out
-    if n == 0 or height * width == 0:
+    if n == 0:
         res.fill(0)
         return res
     k = _k()
@@ -924,7 +924,7 @@ def paint_label_map(
     flat = res.reshape(-1)
     if ann_ids is None or len(ann_ids) == n:
         plain = _plain_strings(rles, height, width)
-        if plain is not None:
+        if plain is not None and height * width:
             info = np.zeros(3, dtype=np.int64)
             status = k.label_map_from_strings(
                 plain[2], plain[3], order == "area_desc", labels, height, width, flat, info
@@ -947,5 +947,6 @@ def paint_label_map(
         paint_order = np.argsort(-ar, kind="stable")
     else:
         paint_order = np.arange(n, dtype=np.int64)
-    k.paint_labels_rows(packed.counts, packed.offs, paint_order, labels, height, width, flat)
+    if height * width:
+        k.paint_labels_rows(packed.counts, packed.offs, paint_order, labels, height, width, flat)
     return res
