@@ -128,3 +128,19 @@ def test_shard_then_merge(source: tuple[Path, Path], tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_convert_captions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps({"id": "a", "image": "a.png", "caption": "noise"}) + "\n"
+    )
+    out = tmp_path / "t2i"
+    argv = ["convert", "captions", "--annotations", str(tmp_path / "c.jsonl")]
+    assert main([*argv, "--images", str(tmp_path), "--out", str(out), "--no-progress"]) == 0
+    assert "1 samples, 0 skipped" in capsys.readouterr().out
+    s = SampleStore.open(out)
+    assert s.manifest.sources[0].format == "captions"
+    assert s.read_metadata(0)["caption"] == "noise"
+    np.testing.assert_array_equal(s.read_image(0), rgb)

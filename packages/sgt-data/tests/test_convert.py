@@ -15,6 +15,7 @@ from PIL import Image
 
 from sgt_data import rle
 from sgt_data.convert import (
+    CaptionConverter,
     CocoInstancesConverter,
     CocoPanopticConverter,
     CocoStuffConverter,
@@ -26,7 +27,9 @@ from sgt_data.convert import (
 )
 from sgt_data.convert.example import voc_example, write_voc_coco
 from sgt_data.errors import ConversionError, SgtDataError
+from sgt_data.convert._base import file_sha256
 from sgt_data.render import renderer_from_spec
+from sgt_data.scenes import write_world
 from sgt_data.schema import TaskKind
 from sgt_data.store import SampleStore, verify_store
 
@@ -326,6 +329,161 @@ def test_vqa(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="no image"):
         s.read_image(1)
     np.testing.assert_array_equal(s.indices_with(TaskKind.UNDERSTANDING), [0, 1])
+
+
+def test_vqa_keeps_the_scalar_metadata_of_a_record(tmp_path: Path) -> None:
+    rgb, _, _ = _voc_labels()
+    Image.fromarray(rgb).save(tmp_path / "q.png")
+    conv = [{"from": "human", "value": "Is there a bottle?"}, {"from": "gpt", "value": "Yes"}]
+    lines = [
+        {
+            "id": "a",
+            "image": "q.png",
+            "conversations": conv,
+            "metadata": {
+                "question_type": "existence",
+                "pope_split": "adversarial",
+                "image_id": 7,
+                "weight": 0.5,
+                "hard": True,
+                "objects": ["bottle"],  # not a scalar: dropped
+                "note": None,
+                "format": "mine",  # the converter's own key wins
+                "width": 1,
+            },
+        },
+        {"id": "b", "conversations": conv},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    run_conversion(
+        VqaConverter(tmp_path / "d.jsonl", tmp_path, ConvertOptions(name="vqa")), tmp_path / "s"
+    )
+    s = SampleStore.open(tmp_path / "s")
+    assert s.read_metadata(0) == {
+        "question_type": "existence",
+        "pope_split": "adversarial",
+        "image_id": 7,
+        "weight": 0.5,
+        "hard": True,
+        "source_id": "a",
+        "format": "vqa",
+        "file": "q.png",
+        "height": rgb.shape[0],
+        "width": rgb.shape[1],
+    }
+    assert s.read_metadata(1) == {"source_id": "b", "format": "vqa"}
+
+    lines[0]["metadata"] = ["existence"]
+    (tmp_path / "e.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    with pytest.raises(ConversionError, match=r"e\.jsonl: item 'a': 'metadata' must be an object"):
+        run_conversion(
+            VqaConverter(tmp_path / "e.jsonl", tmp_path, ConvertOptions(name="v")), tmp_path / "s2"
+        )
+
+
+def test_captions_from_the_scene_world(tmp_path: Path) -> None:
+    world = write_world(tmp_path / "world", num_train=5, num_eval=0, seed=1)
+    records = [json.loads(line) for line in world.train.t2i.read_text().splitlines()]
+    assert records
+    out = tmp_path / "t2i"
+    m = run_conversion(
+        CaptionConverter(world.train.t2i, world.root, ConvertOptions(name="t2i")), out
+    )
+    assert [(src.format, src.sha256) for src in m.sources] == [
+        ("captions", file_sha256(world.train.t2i))
+    ]
+    s = SampleStore.open(out)
+    assert len(s) == len(records)
+    np.testing.assert_array_equal(s.indices_with(TaskKind.TEXT_TO_IMAGE), range(len(records)))
+    for k, rec in enumerate(records):
+        assert s.sample_id(k) == f"t2i:{rec['id']}"
+        meta = s.read_metadata(k)
+        assert meta["caption"] == rec["prompt"]
+        assert meta["tag"] == rec["tag"]
+        assert (meta["source_id"], meta["file"], meta["format"]) == (rec["id"], rec["image"], "captions")
+        assert "include" not in meta  # a list: not scalar metadata
+        with Image.open(world.root / rec["image"]) as im:
+            np.testing.assert_array_equal(s.read_image(k), np.asarray(im.convert("RGB")))
+
+
+def test_captions_from_jsonl_records_and_coco_captions(tmp_path: Path) -> None:
+    rgb, _, _ = _voc_labels()
+    h, w = rgb.shape[:2]
+    (tmp_path / "img").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "img" / "a.png")
+    Image.fromarray(rgb[::-1].copy()).save(tmp_path / "img" / "b.png")
+    records = [
+        {"image": "a.png", "caption": "bottles on a table", "source": "web", "metadata": {"n": 2}},
+        {"id": 9, "image": "b.png", "prompt": "upside-down bottles"},
+        {"image": "a.png", "caption": "again"},  # id defaults to the image: a duplicate
+    ]
+    (tmp_path / "c.json").write_text(json.dumps(records))
+    m = run_conversion(
+        CaptionConverter(tmp_path / "c.json", tmp_path / "img", ConvertOptions(name="c")),
+        tmp_path / "s1",
+        skip_bad=True,
+    )
+    assert [(sk.item_id, sk.reason) for sk in m.skipped] == [
+        ("a.png", "duplicate id 'a.png' (record 3)")
+    ]
+    s = SampleStore.open(tmp_path / "s1")
+    assert [s.sample_id(k) for k in range(len(s))] == ["c:a.png", "c:9"]
+    assert s.read_metadata(0) == {
+        "source": "web",
+        "n": 2,
+        "caption": "bottles on a table",
+        "source_id": "a.png",
+        "file": "a.png",
+        "height": h,
+        "width": w,
+        "format": "captions",
+    }
+    assert s.read_metadata(1)["caption"] == "upside-down bottles"
+    np.testing.assert_array_equal(s.read_image(1), rgb[::-1])
+
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": h, "width": w},
+            {"id": 2, "file_name": "b.png", "height": h, "width": w + 1},
+        ],
+        "annotations": [
+            {"id": 12, "image_id": 1, "caption": "second caption"},
+            {"id": 11, "image_id": 1, "caption": "first caption"},
+            {"id": 13, "image_id": 5, "caption": "of no image"},
+        ],
+    }
+    (tmp_path / "captions.json").write_text(json.dumps(coco))
+    conv = CaptionConverter(tmp_path / "captions.json", tmp_path / "img", ConvertOptions(name="k"))
+    with pytest.raises(ConversionError, match=r"captions\.json: item '13': .*unknown image id 5"):
+        run_conversion(conv, tmp_path / "s2")
+    m = run_conversion(conv, tmp_path / "s3", skip_bad=True)
+    s = SampleStore.open(tmp_path / "s3")
+    assert [s.sample_id(k) for k in range(len(s))] == ["k:11", "k:12"]
+    assert [s.read_metadata(k)["caption"] for k in range(2)] == ["first caption", "second caption"]
+    assert s.read_metadata(0)["image_id"] == 1
+    np.testing.assert_array_equal(s.read_image(1), rgb)
+
+    coco["annotations"] = [{"id": 14, "image_id": 2, "caption": "wrong size"}]
+    (tmp_path / "captions.json").write_text(json.dumps(coco))
+    with pytest.raises(ConversionError, match=r"b\.png: item '14': image is .* annotations say"):
+        run_conversion(conv, tmp_path / "s4")
+
+
+def test_bad_caption_records(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "x", "image": "x.png"}) + "\n")
+    with pytest.raises(
+        ConversionError, match=r"a\.jsonl: item 'record 1 id=x': .*non-empty 'caption' or 'prompt'"
+    ):
+        CaptionConverter(tmp_path / "a.jsonl", tmp_path, ConvertOptions(name="c")).list_items()
+    (tmp_path / "b.jsonl").write_text("\n" + json.dumps({"caption": "no image"}) + "\n")
+    with pytest.raises(ConversionError, match=r"b\.jsonl: item 'record 2': .*string 'image'"):
+        CaptionConverter(tmp_path / "b.jsonl", tmp_path, ConvertOptions(name="c")).list_items()
+    (tmp_path / "c.jsonl").write_text(json.dumps({"image": "gone.png", "caption": "c"}) + "\n")
+    with pytest.raises(ConversionError, match=r"gone\.png: item 'gone\.png': image file cannot"):
+        run_conversion(
+            CaptionConverter(tmp_path / "c.jsonl", tmp_path, ConvertOptions(name="c")),
+            tmp_path / "s",
+        )
 
 
 # -- bad input ------------------------------------------------------------------------------

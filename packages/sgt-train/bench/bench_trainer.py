@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -91,7 +91,7 @@ class _Batches:
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.position = int(state["position"])
 
 

@@ -5,6 +5,7 @@ sgt-data convert coco-panoptic --annotations panoptic.json --panoptic-dir PNGS -
 sgt-data convert coco-stuff --maps PNGS --images DIR --out STORE
 sgt-data convert sa1b --input DIR --out STORE
 sgt-data convert vqa --annotations llava.jsonl --images DIR --out STORE
+sgt-data convert captions --annotations captions.jsonl --images DIR --out STORE
 sgt-data merge PART... --out STORE
 sgt-data inspect STORE
 sgt-data verify STORE
@@ -94,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", required=True)
     p.add_argument("--images", required=True)
     _add_common(p)
+    p = fmt.add_parser(
+        "captions", help="text-to-image: JSONL/JSON of image + caption/prompt, or COCO captions"
+    )
+    p.add_argument("--annotations", required=True)
+    p.add_argument("--images", required=True, help="folder the image paths are relative to")
+    _add_common(p)
 
     p = sub.add_parser("merge", help="concatenate stores (e.g. --shard outputs, in order)")
     p.add_argument("parts", nargs="+")
@@ -140,6 +147,7 @@ class _Bar:
 
 def _convert(args: argparse.Namespace) -> int:
     from sgt_data.convert import (
+        CaptionConverter,
         CocoInstancesConverter,
         CocoPanopticConverter,
         CocoStuffConverter,
@@ -177,6 +185,8 @@ def _convert(args: argparse.Namespace) -> int:
         conv = CocoStuffConverter(args.maps, args.images, opts)
     elif args.format == "sa1b":
         conv = Sa1bConverter(args.input, opts)
+    elif args.format == "captions":
+        conv = CaptionConverter(args.annotations, args.images, opts)
     else:
         conv = VqaConverter(args.annotations, args.images, opts)
     bar = _Bar(not args.no_progress, f"convert {args.format}")

@@ -41,6 +41,7 @@ from sgt_data.errors import SgtDataError
 __all__ = [
     "SCENE_CLASSES",
     "SCENE_COLORS",
+    "SCENE_MAX_ROTATION",
     "Scene",
     "SceneConfig",
     "SceneObject",
@@ -54,6 +55,7 @@ __all__ = [
     "scene_prompt",
     "scene_questions",
     "semantic_map",
+    "shape_outline",
     "write_world",
 ]
 
@@ -257,8 +259,9 @@ def _encode_rle(mask: NDArray[np.bool_]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- geometry
 
 
-def _unit_outline(class_name: str) -> NDArray[np.float64]:
-    """Vertices of a class's outline around the origin, radius about 1, y pointing down."""
+def shape_outline(class_name: str) -> NDArray[np.float64]:
+    """Vertices (``N x 2``, x right, y down) of a class's outline around the origin, radius about 1
+    (drawn scaled by the shape's radius and turned by at most ``SCENE_MAX_ROTATION`` degrees)."""
     if class_name == "circle":
         angles = np.linspace(0.0, 2 * math.pi, 32, endpoint=False)
         return np.stack([np.cos(angles), np.sin(angles)], axis=1)
@@ -279,9 +282,9 @@ def _unit_outline(class_name: str) -> NDArray[np.float64]:
     raise ValueError(f"unknown scene class {class_name!r}; known: {list(SCENE_CLASSES)}")
 
 
-_OUTLINES = {name: _unit_outline(name) for name in SCENE_CLASSES}
+_OUTLINES = {name: shape_outline(name) for name in SCENE_CLASSES}
 #: Largest rotation (degrees) per class: enough variety, never turning a square into a diamond.
-_MAX_ROTATION = {
+SCENE_MAX_ROTATION: dict[str, float] = {
     "circle": 0.0,
     "square": 15.0,
     "triangle": 15.0,
@@ -416,7 +419,7 @@ def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
         radius = min(radius, short / 2 - 1.5)
         cx = float(rng.uniform(radius + 1.0, W - 1.0 - radius))
         cy = float(rng.uniform(radius + 1.0, H - 1.0 - radius))
-        rotation = float(rng.uniform(-1.0, 1.0)) * _MAX_ROTATION[name]
+        rotation = float(rng.uniform(-1.0, 1.0)) * SCENE_MAX_ROTATION[name]
         color = allowed[int(rng.integers(len(allowed)))]
         placed.append((name, color, depth, _polygon(name, cx, cy, radius, rotation)))
 

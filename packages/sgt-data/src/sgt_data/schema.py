@@ -184,7 +184,7 @@ class SourceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["coco", "coco-panoptic", "coco-stuff", "sa1b", "vqa", "scene"]
+    format: Literal["coco", "coco-panoptic", "coco-stuff", "sa1b", "vqa", "scene", "captions"]
     path: str
     num_items: int = Field(ge=0)
     sha256: str | None = Field(default=None, description="digest of the annotation file, if one")

@@ -14,16 +14,28 @@ __all__ = ["MixtureStream", "build_source"]
 class MixtureStream:
     """Epoch after epoch of an ``sgt_data.mixing.MixtureLoader``; its state is the loader's.
 
-    Yields lists of samples, or adapter batches when the loader collates in its workers.
+    Yields lists of samples, or adapter batches when the loader collates in its workers. Fetching
+    a batch leaves the global torch RNG (the model's noise stream) untouched.
     """
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
 
     def __iter__(self) -> Iterator[Any]:
+        import torch
+
+        end = object()
         while True:
+            epoch = iter(self.loader)
             yielded = False
-            for batch in self.loader:
+            while True:
+                # A DataLoader draws its workers' base seed from the global torch RNG whenever an
+                # epoch's iterator starts, i.e. at a different point of the model's noise stream
+                # in a resumed run than in an uninterrupted one: keep the data side off that RNG.
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(epoch, end)
+                if batch is end:
+                    break
                 yielded = True
                 yield batch
             if not yielded:

@@ -8,11 +8,13 @@ from sgt_data.convert._base import (
     parse_shard,
     run_conversion,
 )
+from sgt_data.convert.captions import CaptionConverter
 from sgt_data.convert.coco import CocoInstancesConverter, CocoPanopticConverter, CocoStuffConverter
 from sgt_data.convert.sa1b import Sa1bConverter
 from sgt_data.convert.vqa import VqaConverter
 
 __all__ = [
+    "CaptionConverter",
     "CocoInstancesConverter",
     "CocoPanopticConverter",
     "CocoStuffConverter",

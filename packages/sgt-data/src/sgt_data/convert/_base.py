@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -40,17 +41,20 @@ from sgt_data.store import (
 )
 
 __all__ = [
+    "AnnotationFileConverter",
     "ConvertOptions",
     "Converter",
     "WorkItem",
     "merge_stores",
+    "read_json_records",
     "run_conversion",
+    "scalar_metadata",
 ]
 
 _log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-SourceFormat = Literal["coco", "coco-panoptic", "coco-stuff", "sa1b", "vqa"]
+SourceFormat = Literal["coco", "coco-panoptic", "coco-stuff", "sa1b", "vqa", "captions"]
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,89 @@ class Converter(abc.ABC):
             )
         out: NDArray[np.float32] = depth
         return out
+
+
+class AnnotationFileConverter(Converter):
+    """A format read from one annotation file (its sha256 goes into the manifest) plus a folder
+    that the file's image paths are relative to."""
+
+    def __init__(
+        self,
+        annotations: str | os.PathLike[str],
+        images: str | os.PathLike[str],
+        opts: ConvertOptions,
+    ) -> None:
+        super().__init__(opts)
+        self.annotations = Path(annotations)
+        self.images = Path(images)
+
+    def source(self, num_items: int) -> SourceSpec:
+        return SourceSpec(
+            format=self.format,
+            path=str(self.annotations),
+            num_items=num_items,
+            sha256=file_sha256(self.annotations),
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            **super().fingerprint(),
+            "annotations": str(self.annotations.resolve()),
+            "images": str(self.images.resolve()),
+        }
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; a :class:`ConversionError` names the file if it is missing or malformed."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise ConversionError(
+            str(path), "-", f"cannot read annotation file: {exc.strerror or exc}"
+        ) from exc
+    except ValueError as exc:
+        raise ConversionError(str(path), "-", f"not valid JSON: {exc}") from exc
+
+
+def read_json_records(path: Path, what: str) -> list[tuple[int, Any]]:
+    """The records of a JSONL file (with their line numbers) or of a JSON list (with their
+    1-based positions); ``what`` names the format in the error for any other JSON."""
+    file = str(path)
+    if path.suffix == ".jsonl":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConversionError(file, "-", f"cannot read: {exc.strerror or exc}") from exc
+        out = []
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    out.append((n, json.loads(line)))
+                except ValueError as exc:
+                    raise ConversionError(file, f"line {n}", f"not valid JSON: {exc}") from exc
+        return out
+    data = load_json(path)
+    if not isinstance(data, list):
+        raise ConversionError(file, "-", f"a {what} JSON file must hold a list of records")
+    return list(enumerate(data, 1))
+
+
+def scalar_metadata(
+    values: Any, file: str, item_id: str, *, reserved: Sequence[str] = ()
+) -> dict[str, str | int | float | bool]:
+    """The scalar (str, int, float, bool) entries of a record's ``metadata`` dict, for the sample's
+    metadata; lists, dicts and nulls are dropped, and so are keys in ``reserved`` (those the
+    converter writes itself)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConversionError(file, item_id, f"'metadata' must be an object, got {values!r:.80}")
+    return {
+        str(k): v
+        for k, v in values.items()
+        if isinstance(v, (str, int, float, bool)) and k not in reserved
+    }
 
 
 # -- the pipeline ---------------------------------------------------------------------------

@@ -4,7 +4,6 @@ COCO-Stuff pixel maps."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -14,7 +13,13 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sgt_data.convert._base import Converter, ConvertOptions, WorkItem, file_sha256
+from sgt_data.convert._base import (
+    AnnotationFileConverter,
+    Converter,
+    ConvertOptions,
+    WorkItem,
+    load_json,
+)
 from sgt_data.errors import ConversionError, SgtDataError
 from sgt_data.render import InstanceRenderer, PanopticRenderer, SemanticRenderer
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, TaskKind
@@ -64,19 +69,6 @@ class _PanopticAnn(BaseModel):
     segments_info: list[_Segment]
 
 
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """Parse a JSON file; a :class:`ConversionError` names the file if it is missing or malformed."""
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except OSError as exc:
-        raise ConversionError(
-            str(path), "-", f"cannot read annotation file: {exc.strerror or exc}"
-        ) from exc
-    except ValueError as exc:
-        raise ConversionError(str(path), "-", f"not valid JSON: {exc}") from exc
-
-
 @functools.cache
 def _list_adapter(model: type[BaseModel]) -> TypeAdapter[list[Any]]:
     return TypeAdapter(list[model])  # type: ignore[valid-type]
@@ -119,25 +111,23 @@ def _dedupe(
     return keep, bad
 
 
-class CocoInstancesConverter(Converter):
+def _load_images(path: Path, data: Any = None) -> tuple[str, Any, list[_Image], list[SkippedItem]]:
+    """A COCO file's name, its JSON (``data``, or parsed here), its images (duplicate ids left out)
+    and the duplicates."""
+    file = str(path)
+    if data is None:
+        data = load_json(path)
+    images, bad = _dedupe(_parse_list(_Image, data, "images", file), "id", file, "image")
+    return file, data, images, bad
+
+
+class CocoInstancesConverter(AnnotationFileConverter):
     """COCO instances JSON + image folder -> instance and semantic segmentation targets."""
 
     format = "coco"
 
-    def __init__(
-        self,
-        annotations: str | os.PathLike[str],
-        images: str | os.PathLike[str],
-        opts: ConvertOptions,
-    ) -> None:
-        super().__init__(opts)
-        self.annotations = Path(annotations)
-        self.images = Path(images)
-
     def list_items(self) -> tuple[list[WorkItem], list[SkippedItem]]:
-        file = str(self.annotations)
-        data = load_json(self.annotations)
-        images, bad = _dedupe(_parse_list(_Image, data, "images", file), "id", file, "image")
+        file, data, images, bad = _load_images(self.annotations)
         anns, bad_anns = _dedupe(
             _parse_list(_Annotation, data, "annotations", file), "id", file, "annotation"
         )
@@ -208,21 +198,6 @@ class CocoInstancesConverter(Converter):
                 o.seed, num_classes=o.num_classes, max_instances=o.max_instances
             ).spec(),
         ]
-
-    def source(self, num_items: int) -> SourceSpec:
-        return SourceSpec(
-            format="coco",
-            path=str(self.annotations),
-            num_items=num_items,
-            sha256=file_sha256(self.annotations),
-        )
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {
-            **super().fingerprint(),
-            "annotations": str(self.annotations.resolve()),
-            "images": str(self.images.resolve()),
-        }
 
     def process(self, item: WorkItem) -> SampleRecord:
         from sgt_data import rle
@@ -304,7 +279,7 @@ def _rle_size(seg: dict[str, Any], item: WorkItem, ann_id: Any) -> tuple[int, in
     return int(size[0]), int(size[1])
 
 
-class CocoPanopticConverter(Converter):
+class CocoPanopticConverter(AnnotationFileConverter):
     """COCO panoptic JSON + segment-id PNGs + image folder -> panoptic, semantic and instance targets."""
 
     format = "coco-panoptic"
@@ -316,15 +291,11 @@ class CocoPanopticConverter(Converter):
         images: str | os.PathLike[str],
         opts: ConvertOptions,
     ) -> None:
-        super().__init__(opts)
-        self.annotations = Path(annotations)
+        super().__init__(annotations, images, opts)
         self.panoptic_dir = Path(panoptic_dir)
-        self.images = Path(images)
 
     def list_items(self) -> tuple[list[WorkItem], list[SkippedItem]]:
-        file = str(self.annotations)
-        data = load_json(self.annotations)
-        images, bad = _dedupe(_parse_list(_Image, data, "images", file), "id", file, "image")
+        file, data, images, bad = _load_images(self.annotations)
         anns, bad2 = _dedupe(
             _parse_list(_PanopticAnn, data, "annotations", file),
             "image_id",
@@ -388,21 +359,8 @@ class CocoPanopticConverter(Converter):
             PanopticRenderer(o.seed, **kw).spec(),
         ]
 
-    def source(self, num_items: int) -> SourceSpec:
-        return SourceSpec(
-            format="coco-panoptic",
-            path=str(self.annotations),
-            num_items=num_items,
-            sha256=file_sha256(self.annotations),
-        )
-
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            **super().fingerprint(),
-            "annotations": str(self.annotations.resolve()),
-            "panoptic": str(self.panoptic_dir.resolve()),
-            "images": str(self.images.resolve()),
-        }
+        return {**super().fingerprint(), "panoptic": str(self.panoptic_dir.resolve())}
 
     def process(self, item: WorkItem) -> SampleRecord:
         from PIL import Image

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sgt_data.convert._base import Converter, ConvertOptions, WorkItem
-from sgt_data.convert.coco import load_json
+from sgt_data.convert._base import Converter, ConvertOptions, WorkItem, load_json
 from sgt_data.errors import ConversionError, SgtDataError
 from sgt_data.render import InstanceRenderer
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, TaskKind

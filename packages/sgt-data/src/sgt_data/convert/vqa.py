@@ -1,22 +1,29 @@
 """LLaVA-style VQA converter: JSONL (or a JSON list) of ``{"id", "image", "conversations"}`` plus
-an image folder -> understanding samples (image + user/assistant turns)."""
+an image folder -> understanding samples (image + user/assistant turns). The scalar entries of a
+record's optional ``metadata`` object (question type, POPE split...) are kept in the sample's
+metadata."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sgt_data.convert._base import Converter, ConvertOptions, WorkItem, file_sha256
-from sgt_data.convert.coco import load_json
+from sgt_data.convert._base import (
+    AnnotationFileConverter,
+    WorkItem,
+    read_json_records,
+    scalar_metadata,
+)
 from sgt_data.errors import ConversionError
-from sgt_data.schema import SkippedItem, SourceSpec, TaskKind
+from sgt_data.schema import SkippedItem, TaskKind
 from sgt_data.store import SampleRecord
 
 __all__ = ["VqaConverter"]
+
+#: The metadata keys the converter writes itself; a record's own entries of these names are dropped.
+_RESERVED = ("source_id", "format", "file", "height", "width")
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -50,47 +57,17 @@ def _turns(conv: Any, file: str, item_id: str) -> list[dict[str, str]]:
     return out
 
 
-class VqaConverter(Converter):
+class VqaConverter(AnnotationFileConverter):
     """LLaVA-style conversations -> understanding samples."""
 
     format = "vqa"
-
-    def __init__(
-        self,
-        annotations: str | os.PathLike[str],
-        images: str | os.PathLike[str],
-        opts: ConvertOptions,
-    ) -> None:
-        super().__init__(opts)
-        self.annotations = Path(annotations)
-        self.images = Path(images)
-
-    def _records(self) -> list[tuple[int, Any]]:
-        file = str(self.annotations)
-        if self.annotations.suffix == ".jsonl":
-            out = []
-            try:
-                lines = self.annotations.read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                raise ConversionError(file, "-", f"cannot read: {exc.strerror or exc}") from exc
-            for n, line in enumerate(lines, 1):
-                if line.strip():
-                    try:
-                        out.append((n, json.loads(line)))
-                    except ValueError as exc:
-                        raise ConversionError(file, f"line {n}", f"not valid JSON: {exc}") from exc
-            return out
-        data = load_json(self.annotations)
-        if not isinstance(data, list):
-            raise ConversionError(file, "-", "a LLaVA JSON file must hold a list of records")
-        return list(enumerate(data, 1))
 
     def list_items(self) -> tuple[list[WorkItem], list[SkippedItem]]:
         file = str(self.annotations)
         items: list[WorkItem] = []
         bad: list[SkippedItem] = []
         seen: set[str] = set()
-        for n, rec in self._records():
+        for n, rec in read_json_records(self.annotations, "LLaVA"):
             if not isinstance(rec, dict) or "id" not in rec or "conversations" not in rec:
                 raise ConversionError(
                     file, f"record {n}", "a record needs 'id' and 'conversations'"
@@ -112,30 +89,21 @@ class VqaConverter(Converter):
                 WorkItem(
                     rid,
                     str(self.images / image) if image else file,
-                    {"image": image, "conv": rec["conversations"]},
+                    {
+                        "image": image,
+                        "conv": rec["conversations"],
+                        "metadata": rec.get("metadata"),
+                    },
                 )
             )
         return items, bad
 
-    def source(self, num_items: int) -> SourceSpec:
-        return SourceSpec(
-            format="vqa",
-            path=str(self.annotations),
-            num_items=num_items,
-            sha256=file_sha256(self.annotations),
-        )
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {
-            **super().fingerprint(),
-            "annotations": str(self.annotations.resolve()),
-            "images": str(self.images.resolve()),
-        }
-
     def process(self, item: WorkItem) -> SampleRecord:
-        turns = _turns(item.payload["conv"], str(self.annotations), item.item_id)
+        file = str(self.annotations)
+        turns = _turns(item.payload["conv"], file, item.item_id)
+        extra = scalar_metadata(item.payload["metadata"], file, item.item_id, reserved=_RESERVED)
         meta: dict[str, Any] = {
-            "metadata": {"source_id": item.item_id, "format": "vqa"},
+            "metadata": {**extra, "source_id": item.item_id, "format": "vqa"},
             "conversation": turns,
         }
         arrays = {}

@@ -34,7 +34,7 @@ from sgt_eval.report import BenchmarkResult, EvalSettings
 from sgt_eval.scoring.geneval import GenEvalPrompt, load_geneval_metadata
 from sgt_eval.scoring.segmentation import score_segmentation
 from sgt_eval.scoring.understanding import score_pope
-from sgt_train.demo.detector import SceneShapeDetector, scene_color_classifier
+from sgt_eval.detectors import SceneShapeDetector, scene_color_classifier
 
 if TYPE_CHECKING:
     from sgt_models.protocol import UnifiedModelAdapter
