@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import torch
 
-from sgt_train.cli import _resolve_config
 from sgt_train.config import RunConfig, load_run_config
 from sgt_train.data import build_source
 from sgt_train.demo.stores import DemoStores, build_stores
+from sgt_train.recipes import recipe_path
 
 STEPS = 8
 #: Per-step fields that depend on the clock, not on the training.
@@ -82,7 +82,7 @@ def _checkpoint_steps(config: RunConfig) -> list[int]:
 def test_fit_cli_logs_mixture_parts_and_resumes_bit_identically(
     stores: DemoStores, tmp_path: Path
 ) -> None:
-    recipe = _resolve_config("tiny-sgt")
+    recipe = recipe_path("tiny-sgt")
     whole = _overrides(stores, tmp_path / "whole")
     split = _overrides(stores, tmp_path / "split")
     config = load_run_config(recipe, whole)
@@ -142,7 +142,7 @@ def test_real_source_leaves_the_training_rng_alone(stores: DemoStores, tmp_path:
     """Drawing micro-batches (across an epoch boundary, where the DataLoader seeds its workers)
     must not move the global torch RNG the model draws its noise from: a resumed run starts its
     first epoch iterator at another point of that stream than an uninterrupted run did."""
-    config = load_run_config(_resolve_config("tiny-sgt"), _overrides(stores, tmp_path))
+    config = load_run_config(recipe_path("tiny-sgt"), _overrides(stores, tmp_path))
     source = build_source(config, 0, 1)
     steps_per_epoch = len(source.loader)
     batches = iter(source)

@@ -25,9 +25,9 @@ from sgt_data.convert import (
     merge_stores,
     run_conversion,
 )
+from sgt_data.convert._base import file_sha256
 from sgt_data.convert.example import voc_example, write_voc_coco
 from sgt_data.errors import ConversionError, SgtDataError
-from sgt_data.convert._base import file_sha256
 from sgt_data.render import renderer_from_spec
 from sgt_data.scenes import write_world
 from sgt_data.schema import TaskKind
@@ -335,7 +335,7 @@ def test_vqa_keeps_the_scalar_metadata_of_a_record(tmp_path: Path) -> None:
     rgb, _, _ = _voc_labels()
     Image.fromarray(rgb).save(tmp_path / "q.png")
     conv = [{"from": "human", "value": "Is there a bottle?"}, {"from": "gpt", "value": "Yes"}]
-    lines = [
+    lines: list[dict[str, Any]] = [
         {
             "id": "a",
             "image": "q.png",
@@ -400,7 +400,8 @@ def test_captions_from_the_scene_world(tmp_path: Path) -> None:
         meta = s.read_metadata(k)
         assert meta["caption"] == rec["prompt"]
         assert meta["tag"] == rec["tag"]
-        assert (meta["source_id"], meta["file"], meta["format"]) == (rec["id"], rec["image"], "captions")
+        assert (meta["source_id"], meta["file"]) == (rec["id"], rec["image"])
+        assert meta["format"] == "captions"
         assert "include" not in meta  # a list: not scalar metadata
         with Image.open(world.root / rec["image"]) as im:
             np.testing.assert_array_equal(s.read_image(k), np.asarray(im.convert("RGB")))
@@ -441,7 +442,7 @@ def test_captions_from_jsonl_records_and_coco_captions(tmp_path: Path) -> None:
     assert s.read_metadata(1)["caption"] == "upside-down bottles"
     np.testing.assert_array_equal(s.read_image(1), rgb[::-1])
 
-    coco = {
+    coco: dict[str, Any] = {
         "images": [
             {"id": 1, "file_name": "a.png", "height": h, "width": w},
             {"id": 2, "file_name": "b.png", "height": h, "width": w + 1},

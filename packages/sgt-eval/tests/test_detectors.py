@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from PIL import Image
 
 from sgt_data.scenes import write_world
@@ -29,7 +31,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _ground_truth(root: Path, split: str) -> list[tuple[np.ndarray, list[dict]]]:
+def _ground_truth(root: Path, split: str) -> list[tuple[NDArray[np.uint8], list[dict[str, Any]]]]:
     coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     out = []

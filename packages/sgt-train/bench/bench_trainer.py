@@ -4,13 +4,13 @@ Both train the tiny reference adapter (``ReferenceAdapterConfig(size="tiny")``) 
 the same micro-batches, collated once up front (2:1 segmentation : VQA interleave), with
 ``torch.optim.AdamW``, the same LR schedule, gradient accumulation and clipping, and the same torch
 thread settings (checked after every run). Each run drops its first ``--warmup`` steps; runs
-alternate in a rotating order after one unmeasured warm-up run of each loop; a loop's figure is the
-median over repeats of its runs' median step time. Wall time is the headline; process CPU time
-per step is printed beside it (steadier when other jobs share the machine). The trainer's time
-excludes start-up and the final checkpoint (timed between its step hooks).
+alternate in a rotating order (reversed every other repeat) after one unmeasured warm-up run of
+each loop; a loop's figure is the median over repeats of its runs' median step time. Wall time is
+the headline; process CPU time per step is printed beside it (steadier when other jobs share the
+machine). The trainer's time excludes start-up and the final checkpoint (between step hooks).
 Target: DeepSpeed overhead <= 15 %.
 
-    python packages/sgt-train/bench/bench_trainer.py [--steps 16] [--repeats 4] [--threads 1]
+    python packages/sgt-train/bench/bench_trainer.py [--steps 16] [--repeats 6] [--threads 1]
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped from every run")
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -205,9 +205,11 @@ def main() -> None:
         for i, name in enumerate(names):  # unmeasured warm-up of each loop
             loops[name](f"{tmp}/warm{i}", args.warmup + 2)
         rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-        for r in range(args.repeats):  # rotate the order: no loop always runs first
-            for k in range(len(names)):
-                name = names[(r + k) % len(names)]
+        for r in range(args.repeats):
+            # rotate the order, reversed every other repeat: no loop always runs first or always
+            # follows the same other loop
+            order = [names[(r // 2 + k) % len(names)] for k in range(len(names))]
+            for k, name in enumerate(order[::-1] if r % 2 else order):
                 stamps = loops[name](f"{tmp}/r{r}k{k}", args.steps)
                 rows[name].append(_median_step(stamps, args.warmup))
                 if _threads() != threads:

@@ -342,7 +342,29 @@ class _Base:
         )
 
 
-class InstanceRenderer(_Base):
+class _Paletted(_Base):
+    """A renderer drawing from the seeded palette of class then instance colours."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        num_classes: int = DEFAULT_NUM_CLASSES,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+    ) -> None:
+        self.seed = seed
+        self.num_classes = num_classes
+        self.max_instances = max_instances
+
+    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
+        return {
+            "seed": self.seed,
+            "num_classes": self.num_classes,
+            "max_instances": self.max_instances,
+        }
+
+
+class InstanceRenderer(_Paletted):
     """Instance id map (0 = background, 1..K instances) -> each instance its own colour."""
 
     name = "instance"
@@ -355,18 +377,11 @@ class InstanceRenderer(_Base):
         max_instances: int = DEFAULT_MAX_INSTANCES,
         neighbour_radius: int = 8,
     ) -> None:
-        self.seed = seed
-        self.num_classes = num_classes
-        self.max_instances = max_instances
+        super().__init__(seed, num_classes=num_classes, max_instances=max_instances)
         self.neighbour_radius = neighbour_radius
 
     def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
-        return {
-            "seed": self.seed,
-            "num_classes": self.num_classes,
-            "max_instances": self.max_instances,
-            "neighbour_radius": self.neighbour_radius,
-        }
+        return {**super()._params(), "neighbour_radius": self.neighbour_radius}
 
     @property
     def palette(self) -> RGB:
@@ -416,28 +431,10 @@ class InstanceRenderer(_Base):
         return ids[nearest_colour(rgb, colours)]
 
 
-class SemanticRenderer(_Base):
+class SemanticRenderer(_Paletted):
     """Class id map (0 = unlabelled, 1..num_classes-1) -> a fixed colour per class."""
 
     name = "semantic"
-
-    def __init__(
-        self,
-        seed: int = 0,
-        *,
-        num_classes: int = DEFAULT_NUM_CLASSES,
-        max_instances: int = DEFAULT_MAX_INSTANCES,
-    ) -> None:
-        self.seed = seed
-        self.num_classes = num_classes
-        self.max_instances = max_instances
-
-    def _params(self) -> dict[str, str | int | float | bool | list[int] | list[float]]:
-        return {
-            "seed": self.seed,
-            "num_classes": self.num_classes,
-            "max_instances": self.max_instances,
-        }
 
     @property
     def palette(self) -> RGB:

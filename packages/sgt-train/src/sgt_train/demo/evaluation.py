@@ -23,6 +23,7 @@ from sgt_data.prompts import instruction_set
 from sgt_data.schema import TaskKind
 from sgt_eval.benchmarks.tables import ImageRef
 from sgt_eval.benchmarks.understanding import VQABenchmark, VQAItem
+from sgt_eval.detectors import SceneShapeDetector, scene_color_classifier
 from sgt_eval.harness import (
     evaluate_understanding,
     generation_settings,
@@ -34,7 +35,6 @@ from sgt_eval.report import BenchmarkResult, EvalSettings
 from sgt_eval.scoring.geneval import GenEvalPrompt, load_geneval_metadata
 from sgt_eval.scoring.segmentation import score_segmentation
 from sgt_eval.scoring.understanding import score_pope
-from sgt_eval.detectors import SceneShapeDetector, scene_color_classifier
 
 if TYPE_CHECKING:
     from sgt_models.protocol import UnifiedModelAdapter
