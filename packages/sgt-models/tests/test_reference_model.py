@@ -209,3 +209,19 @@ def test_understanding_sample_without_image_is_text_only(model: ReferenceAdapter
     assert batch.pixel_values.shape[0] == 1
     torch.manual_seed(0)
     assert torch.isfinite(model.loss(batch).total)
+
+
+def test_read_only_images_are_accepted_without_a_warning() -> None:
+    """Images read from a store may be read-only; the processor must copy, not alias, them."""
+    import warnings
+
+    import numpy as np
+    from sgt_models.reference.processor import images_to_tensor
+
+    image = np.full((8, 8, 3), 255, np.uint8)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = images_to_tensor([image], (8, 8))
+    assert tuple(tensor.shape) == (1, 3, 8, 8)
+    assert float(tensor.min()) == 1.0

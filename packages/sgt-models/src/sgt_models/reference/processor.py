@@ -104,7 +104,8 @@ def images_to_tensor(
             raise ValueError(
                 f"expected an HxWx3 uint8 image, got {image.dtype} {tuple(image.shape)}"
             )
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None]
+        # astype copies into a fresh (writable) float array: store-read images may be read-only
+        x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
         if tuple(x.shape[-2:]) != size:
             if nearest:
                 x = functional.interpolate(x, size=size, mode="nearest-exact")
