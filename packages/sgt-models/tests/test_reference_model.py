@@ -216,6 +216,7 @@ def test_read_only_images_are_accepted_without_a_warning() -> None:
     import warnings
 
     import numpy as np
+
     from sgt_models.reference.processor import images_to_tensor
 
     image = np.full((8, 8, 3), 255, np.uint8)
