@@ -28,13 +28,16 @@ ROOT = Path(__file__).parent
 PYTHON = "3.11"
 TORCH_SPEC = os.environ.get("SGT_TORCH_SPEC", "torch==2.13.0")
 
-#: distribution -> (import name, sibling distributions it depends on, needs torch)
-PACKAGES: dict[str, tuple[str, tuple[str, ...], bool]] = {
-    "sgt-data": ("sgt_data", (), True),  # torch only in its test group (DataLoader fork test)
-    "sgt-models": ("sgt_models", ("sgt-data",), True),
-    "sgt-train": ("sgt_train", ("sgt-data", "sgt-models", "sgt-eval"), True),
-    "sgt-eval": ("sgt_eval", ("sgt-data", "sgt-models"), True),
+#: distribution -> (import name, sibling distributions it depends on)
+PACKAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sgt-data": ("sgt_data", ()),
+    "sgt-models": ("sgt_models", ("sgt-data",)),
+    "sgt-eval": ("sgt_eval", ("sgt-data", "sgt-models")),
+    "sgt-train": ("sgt_train", ("sgt-data", "sgt-models", "sgt-eval")),
 }
+
+#: optional extras installed for the type checker (lmms-eval and depth models are too heavy)
+TYPECHECK_EXTRAS = {"sgt-data": "[edge,loader]", "sgt-eval": "[parquet,plots]"}
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["test", "lint", "typecheck"]
@@ -108,7 +111,8 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over every package's sources."""
     session.env.update(ENV)
     _install_torch(session)
-    _install_packages(session, list(PACKAGES))
+    # with the optional extras a user may install, so that every import is checked typed
+    session.install(*[_pkg(d) + TYPECHECK_EXTRAS.get(d, "") for d in PACKAGES])
     session.install(
         *nox.project.dependency_groups(nox.project.load_toml("pyproject.toml"), "typecheck")
     )

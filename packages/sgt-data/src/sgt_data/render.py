@@ -597,7 +597,7 @@ class EdgeRenderer(_Base):
         edges = cv2.Canny(
             gray, self.low, self.high, apertureSize=self.aperture, L2gradient=self.l2gradient
         )
-        return (edges > 0).astype(np.uint8)
+        return (np.asarray(edges) > 0).astype(np.uint8)
 
     def render(self, edges: Labels) -> RGB:
         """White (255) where ``edges`` is non-zero, black elsewhere."""

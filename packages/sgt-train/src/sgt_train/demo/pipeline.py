@@ -51,7 +51,7 @@ class DemoSize:
     max_prompts: int
     seg_images: int
     inference_steps: int
-    lr: float = 1e-3
+    lr: float = 2e-3
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
@@ -71,8 +71,8 @@ DEMO_SIZES: dict[str, DemoSize] = {
         name="default",
         num_train=400,
         num_eval=100,
-        base_steps=150,
-        post_steps=60,
+        base_steps=400,
+        post_steps=100,
         micro_batch_size=8,
         max_questions=240,
         max_prompts=60,
