@@ -8,9 +8,6 @@ import sys
 
 __all__ = ["distributed_exit", "free_port", "rank_and_world", "set_single_process_env"]
 
-_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
