@@ -8,6 +8,7 @@ import sys
 
 __all__ = ["distributed_exit", "free_port", "rank_and_world", "set_single_process_env"]
 
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
