@@ -27,7 +27,7 @@ def _outputs(model: ToyAdapter) -> dict[str, torch.Tensor]:
     return {"mse": seg, "ce": ce, "features": features}
 
 
-@pytest.mark.parametrize("stage", [0, 2])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_export_round_trips_trained_and_ema_weights(tmp_path: Path, stage: int) -> None:
     config = validate_run_config(make_config(str(tmp_path), stage, steps=4, every=4))
     result = fit(config, build_model=lambda _: ToyAdapter(), source=ToySource(config.data, 2))
