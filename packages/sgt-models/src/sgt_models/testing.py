@@ -100,10 +100,6 @@ def _seeded_loss(
     return out
 
 
-def _snapshot(adapter: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-
-
 class AdapterContract:
     """What every adapter guarantees; subclass it and provide the ``adapter_factory`` fixture."""
 
