@@ -11,7 +11,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -254,6 +254,30 @@ class Converter(abc.ABC):
             Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
             data = buf.getvalue()
         return data, hw, rgb
+
+    def image_record(
+        self,
+        item: WorkItem,
+        image_path: Path,
+        encoded: bytes,
+        hw: tuple[int, int],
+        rgb: NDArray[np.uint8] | None,
+        tasks: Iterable[tuple[TaskKind, str | None]],
+        labels: dict[str, NDArray[Any]],
+        meta: dict[str, Any],
+    ) -> SampleRecord:
+        """The record of one image sample: the encoded image, its label arrays and metadata,
+        plus the edge / depth / reconstruction targets the options ask for."""
+        record = SampleRecord(
+            f"{self.opts.name}:{item.item_id}",
+            hw[0],
+            hw[1],
+            frozenset(tasks),
+            {"image": np.frombuffer(encoded, np.uint8), **labels},
+            meta,
+        )
+        self.extra_targets(item, image_path, hw, rgb, record)
+        return record
 
     def extra_targets(
         self,

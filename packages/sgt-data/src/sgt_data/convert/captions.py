@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from sgt_data.convert._base import (
@@ -139,13 +138,6 @@ class CaptionConverter(AnnotationFileConverter):
                 "format": "captions",
             }
         }
-        rec = SampleRecord(
-            f"{self.opts.name}:{item.item_id}",
-            hw[0],
-            hw[1],
-            frozenset({(TaskKind.TEXT_TO_IMAGE, None)}),
-            {"image": np.frombuffer(data, np.uint8)},
-            meta,
+        return self.image_record(
+            item, path, data, hw, rgb, frozenset({(TaskKind.TEXT_TO_IMAGE, None)}), {}, meta
         )
-        self.extra_targets(item, path, hw, rgb, rec)
-        return rec

@@ -258,16 +258,9 @@ class CocoInstancesConverter(AnnotationFileConverter):
                 "slot": self.instance_slots(labels, len(p["anns"]), item),
             },
         }
-        rec = SampleRecord(
-            f"{self.opts.name}:{item.item_id}",
-            h,
-            w,
-            frozenset(tasks),
-            {"image": np.frombuffer(data, np.uint8), "labels/segments": labels},
-            meta,
+        return self.image_record(
+            item, path, data, hw, rgb, tasks, {"labels/segments": labels}, meta
         )
-        self.extra_targets(item, path, hw, rgb, rec)
-        return rec
 
 
 def _rle_size(seg: dict[str, Any], item: WorkItem, ann_id: Any) -> tuple[int, int]:
@@ -415,16 +408,9 @@ class CocoPanopticConverter(AnnotationFileConverter):
                 "slot": self.instance_slots(labels, len(segs), item, [s[2] for s in segs]),
             },
         }
-        rec = SampleRecord(
-            f"{self.opts.name}:{item.item_id}",
-            h,
-            w,
-            frozenset(tasks),
-            {"image": np.frombuffer(data, np.uint8), "labels/segments": labels},
-            meta,
+        return self.image_record(
+            item, path, data, hw, rgb, tasks, {"labels/segments": labels}, meta
         )
-        self.extra_targets(item, path, hw, rgb, rec)
-        return rec
 
 
 class CocoStuffConverter(Converter):
@@ -517,13 +503,13 @@ class CocoStuffConverter(Converter):
                 "format": "coco-stuff",
             }
         }
-        rec = SampleRecord(
-            f"{self.opts.name}:{item.item_id}",
-            hw[0],
-            hw[1],
+        return self.image_record(
+            item,
+            path,
+            data,
+            hw,
+            rgb,
             frozenset({(TaskKind.SEGMENTATION, "semantic")}),
-            {"image": np.frombuffer(data, np.uint8), "labels/classes": classes},
+            {"labels/classes": classes},
             meta,
         )
-        self.extra_targets(item, path, hw, rgb, rec)
-        return rec

@@ -131,13 +131,13 @@ class Sa1bConverter(Converter):
                 "slot": self.instance_slots(labels, len(ids), item),
             },
         }
-        out = SampleRecord(
-            f"{self.opts.name}:{item.item_id}",
-            h,
-            w,
+        return self.image_record(
+            item,
+            path,
+            data,
+            hw,
+            rgb,
             frozenset({(TaskKind.SEGMENTATION, "instance")}),
-            {"image": np.frombuffer(data, np.uint8), "labels/segments": labels},
+            {"labels/segments": labels},
             meta,
         )
-        self.extra_targets(item, path, hw, rgb, out)
-        return out
