@@ -75,27 +75,32 @@ class _Batches:
         self.position = int(state["position"])
 
 
-def peak_matmul_tflops(n: int = 8192, iters: int = 20) -> float:
-    """Measured bf16 GEMM throughput (TFLOP/s) of this GPU."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_matmul_tflops(device: str, n: int = 8192, iters: int = 20) -> float:
+    """Measured bf16 GEMM throughput (TFLOP/s) of this device."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    _sync(device)
     t = time.perf_counter()
     for _ in range(iters):
         a @ b
-    torch.cuda.synchronize()
+    _sync(device)
     return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
 
 
-def step_flops(model: torch.nn.Module, batches: _Batches) -> float:
+def step_flops(model: torch.nn.Module, batches: _Batches, device: str) -> float:
     """FLOPs of one forward+backward per micro-batch, averaged over the task pattern."""
     from torch.utils.flop_counter import FlopCounterMode
 
     total = 0.0
     for m in range(3):
-        batch = model.collate(batches.batches[m]).to("cuda", torch.bfloat16)  # type: ignore[operator]
+        batch = model.collate(batches.batches[m]).to(device, torch.bfloat16)  # type: ignore[operator]
         with FlopCounterMode(display=False) as counter:
             model(batch).total.backward()
         total += counter.get_total_flops()
@@ -108,16 +113,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--out", default=".")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        help="cpu only to smoke-test this script (with DS_ACCELERATOR=cpu)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    assert torch.cuda.is_available(), "gpu_check needs a CUDA GPU"
-    warm = 5
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("gpu_check.py needs a CUDA GPU (or --device cpu for a smoke test)")
+    warm = min(5, args.steps - 1)
     with tempfile.TemporaryDirectory() as tmp:
         config = validate_run_config(
             {
                 "name": "gpu-check",
                 "output_dir": tmp,
-                "model": {"kind": "reference", "size": "small"},
+                "model": {"kind": "reference", "size": "small", "image_size": args.image_size},
                 "data": {
                     "sources": [
                         {"name": "seg", "store": "-", "task": "segmentation"},
@@ -141,18 +153,20 @@ def main() -> None:
         stamps: dict[int, float] = {}
 
         def on_step(m: StepMetrics) -> None:
-            torch.cuda.synchronize()
+            _sync(args.device)
             stamps[m.step] = time.perf_counter()
 
         result = fit(config, source=batches, hooks=Hooks(on_step=[on_step]))
         seconds = stamps[args.steps] - stamps[warm]
         steps_s = (args.steps - warm) / seconds
-        probe = build_adapter(config.model).to("cuda", torch.bfloat16)
-        flops = step_flops(probe, batches)
-        peak = peak_matmul_tflops()
+        probe = build_adapter(config.model).to(args.device, torch.bfloat16)
+        flops = step_flops(probe, batches, args.device)
+        peak = peak_matmul_tflops(args.device, n=8192 if args.device.startswith("cuda") else 1024)
     achieved = flops * steps_s / 1e12
     report = {
-        "device": torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "image_size": args.image_size,
         "params": sum(p.numel() for p in probe.parameters()),
         "micro_batch": args.micro_batch,
         "samples_per_s": steps_s * args.micro_batch,
