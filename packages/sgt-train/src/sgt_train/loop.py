@@ -207,6 +207,73 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
     return [g for g in groups if g["params"]]
 
 
+def _clear_zero3_gradient_partitions(engine: Any) -> None:
+    """Zero the gradient partitions of a ZeRO-3 optimizer after its step.
+
+    DeepSpeed 0.19.8's stage-3 optimizer keeps every parameter's reduced gradient in one flat
+    buffer (``grad_partitions_flat_buffer``) that is zero only when it is allocated: its
+    ``zero_grad`` drops ``param.grad`` but never clears the buffer. A parameter that a step's
+    micro-batches do not use (a task-routed batch that skips a head) therefore keeps the
+    gradient of an earlier step, which the next step norms, clips and applies again, and one
+    first reached after micro-batch 0 adds to it. A fresh engine (a resumed run) starts from
+    zeros, so resumed and uninterrupted runs diverged. Zeroing here gives every step the
+    ZeRO-1/2 semantics (an unused parameter has a zero gradient) and makes resume exact.
+    """
+    optimizer = engine.optimizer
+    buffer = getattr(optimizer, "grad_partitions_flat_buffer", None)
+    if not isinstance(buffer, torch.Tensor):
+        raise RuntimeError(
+            f"{type(optimizer).__name__} has no grad_partitions_flat_buffer: this DeepSpeed "
+            "version's ZeRO-3 differs from the one sgt-train supports"
+        )
+    buffer.zero_()
+    # With CPU offload the fp32 partitions keep their own gradient buffers between steps and
+    # are refreshed only for the parameters used in a step.
+    for flat in getattr(optimizer, "fp32_partitioned_groups_flat", ()):
+        if flat.grad is not None:
+            flat.grad.zero_()
+
+
+class _GradNorm:
+    """The pre-clipping global L2 norm of each optimizer step's gradients.
+
+    DeepSpeed's ZeRO and bf16/fp16 optimizers compute it while stepping. The plain engine
+    (ZeRO-0, fp32, a torch optimizer) computes it only inside its gradient clipping and drops
+    it: there this class clips in its place with ``torch.nn.utils.clip_grad_norm_`` and keeps
+    the norm (one pass, as before), and without clipping computes it before the step.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._own = not (
+            engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled()
+        )
+        self._params = [p for p in engine.module.parameters() if p.requires_grad]
+        self._max_norm = float(engine.gradient_clipping())
+        self._norm: float | None = None
+        if self._own and self._max_norm > 0:
+            # the engine calls self.clip_fp32_gradients() right before the optimizer step
+            engine.clip_fp32_gradients = self._clip
+
+    def _clip(self) -> None:
+        norm = torch.nn.utils.clip_grad_norm_(self._params, self._max_norm)
+        self._norm = float(norm)
+
+    def before_step(self) -> None:
+        """Call between the last backward of a step and its ``engine.step()``."""
+        self._norm = None
+        if self._own and self._max_norm <= 0:
+            grads = [p.grad for p in self._params if p.grad is not None]
+            self._norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+    def after_step(self) -> float | None:
+        """The norm of the step just taken (None only if DeepSpeed was told not to compute it)."""
+        if self._own:
+            return self._norm
+        value = self._engine.get_global_grad_norm()
+        return None if value is None else float(value)
+
+
 class _StepStats:
     """Sums over the micro-batches of one step, reduced across ranks as one flat tensor."""
 
@@ -341,6 +408,7 @@ def fit(
     )
     module: torch.nn.Module = engine.module
     zero3 = config.zero.stage == 3
+    grad_norms = _GradNorm(engine)
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     ema: EMA | None = None
     if config.ema.decay > 0:
@@ -405,13 +473,15 @@ def fit(
             while step < config.steps:
                 stats = _StepStats()
                 lr = float(engine.get_lr()[0])
-                for _ in range(config.gradient_accumulation):
+                for micro in range(config.gradient_accumulation):
                     item = next(batches)
                     if isinstance(item, list | tuple):  # samples; else the loader collated
                         item = model.collate(item)  # type: ignore[operator]
                     batch = item.to(device, dtype)
                     out = engine(batch, config.loss_weights)
                     engine.backward(out.total)
+                    if micro == config.gradient_accumulation - 1:
+                        grad_norms.before_step()
                     engine.step()
                     parts = {  # a part normalised by zero tokens was absent from the batch
                         k: float(v.detach())
@@ -427,6 +497,9 @@ def fit(
                         per_task = {tasks.pop(): parts}
                     stats.add(float(out.total.detach()), parts, per_task, batch.num_samples)
                 step += 1
+                grad_norm = grad_norms.after_step()
+                if zero3:
+                    _clear_zero3_gradient_partitions(engine)
                 if ema is not None:
                     with ds_config.gathered_parameters([p for _, p in trainable], zero3):
                         ema.update(trainable)
@@ -436,7 +509,6 @@ def fit(
                 window_samples += step_samples
                 losses.append(loss)
                 now = time.perf_counter()
-                grad_norm = engine.get_global_grad_norm()
                 metrics = StepMetrics(
                     step=step,
                     total_steps=config.steps,
@@ -444,7 +516,7 @@ def fit(
                     parts=parts_mean,
                     per_task=per_task_mean,
                     lr=lr,
-                    grad_norm=None if grad_norm is None else float(grad_norm),
+                    grad_norm=grad_norm,
                     samples=samples_seen,
                     samples_per_s=window_samples / max(now - window_t, 1e-9),
                     elapsed_s=now - t0,
