@@ -307,11 +307,13 @@ class _StepStats:
                     v[j + 1] += 1
 
     def reduce(
-        self, world_size: int
+        self, world_size: int, device: torch.device
     ) -> tuple[float, dict[str, float], dict[str, dict[str, float]], int]:
         v = self.values
-        if world_size > 1:
-            dist.all_reduce(v)
+        if world_size > 1:  # on the engine's device: NCCL reduces only CUDA tensors
+            on_device = v.to(device)
+            dist.all_reduce(on_device)
+            v = on_device.cpu()
         loss = float(v[0] / v[1])
         parts = {
             p: float(v[3 + 2 * i] / v[4 + 2 * i]) for i, p in enumerate(_PARTS) if v[4 + 2 * i] > 0
@@ -504,7 +506,7 @@ def fit(
                     with ds_config.gathered_parameters([p for _, p in trainable], zero3):
                         ema.update(trainable)
 
-                loss, parts_mean, per_task_mean, step_samples = stats.reduce(world)
+                loss, parts_mean, per_task_mean, step_samples = stats.reduce(world, device)
                 samples_seen += step_samples
                 window_samples += step_samples
                 losses.append(loss)
@@ -529,7 +531,7 @@ def fit(
 
                 stop = preemption.requested
                 if world > 1:
-                    flag = torch.tensor([1.0 if stop else 0.0])
+                    flag = torch.tensor([1.0 if stop else 0.0], device=device)
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                     stop = bool(flag.item())
                 due = step % config.checkpoint.every == 0 and step >= config.checkpoint.save_after
