@@ -64,6 +64,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-reconstruction", action="store_true", help="do not offer reconstruction targets"
     )
+    p.add_argument(
+        "--verify-images",
+        choices=("structure", "full"),
+        default="structure",
+        help="check JPEG/PNG files stored verbatim by their structure (markers, CRCs, end "
+        "marker; default) or by decoding them (also catches damage inside JPEG scan data)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -174,6 +181,7 @@ def _convert(args: argparse.Namespace) -> int:
         depth_model=args.depth_model,
         depth_range=tuple(args.depth_range),
         reconstruction=not args.no_reconstruction,
+        verify_images=args.verify_images,
         **kw,
     )
     conv: Converter

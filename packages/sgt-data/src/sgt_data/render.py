@@ -290,41 +290,103 @@ def _slot_tables(
     return dist, rank
 
 
+def _greedy_slots(
+    ids: NDArray[np.int64],
+    pairs: NDArray[np.int64],
+    dist: NDArray[np.float64],
+    rank: NDArray[np.int64],
+) -> NDArray[np.int64]:  # pragma: no cover - compiled by Numba (see _greedy_kernel)
+    """Greedy palette slot of each of the sorted, unique ``ids`` given the touching ``pairs``
+    (P x 2; pairs naming an id not in ``ids`` are ignored). Most-connected ids first, ties by
+    id; each takes the free slot with the largest score (distance to the nearest slot of a
+    coloured neighbour, capped by twice the distance to the nearest slot used so far), ties
+    broken by the smallest ``rank``."""
+    k = ids.size
+    # neighbour lists (CSR) of the nodes 0..k-1 (node i is ids[i])
+    a = np.searchsorted(ids, pairs[:, 0])
+    b = np.searchsorted(ids, pairs[:, 1])
+    degree = np.zeros(k, dtype=np.int64)
+    ok = np.zeros(pairs.shape[0], dtype=np.bool_)
+    for q in range(pairs.shape[0]):
+        if a[q] < k and b[q] < k and ids[a[q]] == pairs[q, 0] and ids[b[q]] == pairs[q, 1]:
+            ok[q] = True
+            degree[a[q]] += 1
+            degree[b[q]] += 1
+    nbr_off = np.zeros(k + 1, dtype=np.int64)
+    for i in range(k):
+        nbr_off[i + 1] = nbr_off[i] + degree[i]
+    fill = nbr_off[:-1].copy()
+    nbr = np.empty(nbr_off[k], dtype=np.int64)
+    for q in range(pairs.shape[0]):
+        if ok[q]:
+            nbr[fill[a[q]]] = b[q]
+            fill[a[q]] += 1
+            nbr[fill[b[q]]] = a[q]
+            fill[b[q]] += 1
+    # visiting order: degree descending, then id ascending (node order is id order)
+    order = np.argsort((degree.max() - degree) * k + np.arange(k))
+    n_pal = rank.size
+    k = order.size
+    slot_of = np.full(k, -1, dtype=np.int64)
+    free = np.ones(n_pal, dtype=np.bool_)
+    used_min = np.full(n_pal, np.inf)
+    near = np.empty(max(nbr.size, 1), dtype=np.int64)
+    any_used = False
+    for i in order:
+        n_near = 0
+        for q in range(nbr_off[i], nbr_off[i + 1]):
+            s = slot_of[nbr[q]]
+            if s >= 0:
+                near[n_near] = s
+                n_near += 1
+        best = -1
+        best_score = -np.inf
+        for c in range(n_pal):
+            if free[c]:
+                score = np.inf
+                for q in range(n_near):
+                    score = min(score, dist[c, near[q]])
+                if any_used:
+                    score = min(score, 2.0 * used_min[c])
+            else:
+                score = -1.0
+            if score > best_score or (score == best_score and rank[c] < rank[best]):
+                best, best_score = c, score
+        slot_of[i] = best
+        free[best] = False
+        for c in range(n_pal):
+            used_min[c] = min(used_min[c], dist[c, best])
+        any_used = True
+    return slot_of
+
+
+@functools.cache
+def _greedy_kernel() -> Any:
+    """:func:`_greedy_slots` compiled (serial, no fastmath: the slots must not change)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_greedy_slots)
+
+
 def _greedy_colours(
     ids: NDArray[np.int64],
     pairs: NDArray[np.int64],
     tables: tuple[NDArray[np.float64], NDArray[np.int64]],
 ) -> dict[int, int]:
     """Assign each id a distinct palette slot: maximise the colour distance to touching ids, then
-    (at half weight) to every id of the image."""
+    (at half weight) to every id of the image; most-connected ids first, ties by id."""
     dist, rank = tables
     n_pal = len(rank)
     if len(ids) > n_pal:
         raise RenderError(
             f"{len(ids)} segments but the palette holds only {n_pal} instance colours"
         )
-    neighbours: dict[int, list[int]] = {int(i): [] for i in ids}
-    for a, b in pairs.tolist():
-        if a in neighbours and b in neighbours:
-            neighbours[a].append(b)
-            neighbours[b].append(a)
-    free = np.ones(n_pal, dtype=bool)
-    slots: dict[int, int] = {}
-    # distance of each palette colour to the nearest colour used so far (kept incrementally)
-    used_min = np.full(n_pal, np.inf)
-    # most-connected first (classic greedy colouring order), ties by id
-    for i in sorted(neighbours, key=lambda x: (-len(neighbours[x]), x)):
-        near = [slots[n] for n in neighbours[i] if n in slots]
-        score = dist[:, near].min(axis=1) if near else np.full(n_pal, np.inf)
-        if slots:  # far from every colour of the image too, touching ones count double
-            score = np.minimum(score, 2.0 * used_min)
-        score = np.where(free, score, -1.0)
-        best = np.flatnonzero(score == score.max())
-        slot = int(best[np.argmin(rank[best])])
-        slots[i] = slot
-        free[slot] = False
-        np.minimum(used_min, dist[:, slot], out=used_min)
-    return slots
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return {}
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    slot_of = _greedy_kernel()(ids, pairs, dist, rank)
+    return dict(zip(ids.tolist(), slot_of.tolist(), strict=True))
 
 
 class _Base:
@@ -759,8 +821,49 @@ def depth_from_model(image: RGB, model_path: str) -> NDArray[np.float32]:
 
 @functools.lru_cache(maxsize=2)
 def _depth_pipeline(model_path: str, factory: Any) -> Any:
+    _check_depth_model(model_path)
     _log.info("loading depth model from %s", model_path)
-    return factory("depth-estimation", model=model_path, device="cpu")
+    try:
+        return factory("depth-estimation", model=model_path, device="cpu")
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise RenderError(f"depth model {model_path}: cannot be loaded: {exc}") from exc
+
+
+def _check_depth_model(model_path: str) -> None:
+    """Raise a :class:`RenderError` naming ``model_path`` unless it is a local directory holding a
+    saved ``transformers`` depth-estimation model (a hub id would mean a download; a model saved
+    for another task would load with a random depth head)."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_path)
+    if not path.is_dir():
+        raise RenderError(
+            f"depth model {model_path}: no such directory (a local transformers "
+            "depth-estimation model, saved with save_pretrained, is needed)"
+        )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RenderError(
+            f"depth model {model_path}: no readable config.json, not a saved transformers model"
+        ) from exc
+    except ValueError as exc:
+        raise RenderError(f"depth model {model_path}: config.json is not valid JSON") from exc
+    if not isinstance(config, dict):
+        raise RenderError(f"depth model {model_path}: config.json is not a JSON object")
+    archs = config.get("architectures") or []
+    if archs:
+        is_depth = any(str(a).endswith("ForDepthEstimation") for a in archs)
+    else:
+        from transformers.models.auto import modeling_auto
+
+        is_depth = (
+            config.get("model_type") in modeling_auto.MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
+        )
+    if not is_depth:
+        what = ", ".join(map(str, archs)) or repr(config.get("model_type"))
+        raise RenderError(f"depth model {model_path}: {what} is not a depth-estimation model")
 
 
 _RENDERERS: Final[dict[str, type[_Base]]] = {

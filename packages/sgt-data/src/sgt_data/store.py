@@ -260,8 +260,19 @@ class StoreWriter:
         # write); journals of stores started before that have no key and align to chunks
         self._align_shards = journal.get("align") == "shard"
         self._group = _zarr().open_group(str(path), mode="r+")
-        self._arrays = {f.path: self._group[f.path] for f in self._fields}
-        self._index = self._group["index"]
+        # writes always cover fresh chunks, so skip zarr's per-chunk "all fill value?" scan
+        # (an all-zero chunk is then stored rather than left out; the values read are the same)
+        cfg = {"write_empty_chunks": True}
+        self._arrays = {f.path: self._group[f.path].with_config(cfg) for f in self._fields}
+        self._index = self._group["index"].with_config(cfg)
+        # sha256 of each flat array's samples, fed batch by batch, when this writer saw every
+        # batch (a fresh store); a resumed store's digests are read back from disk at finish
+        self._hashes: dict[str, Any] | None = (
+            {f.path: hashlib.sha256() for f in self._fields}
+            if int(journal["samples"]) == 0
+            and self._group.attrs["sgt"].get("digest") == _DIGEST_SAMPLES
+            else None
+        )
 
     @classmethod
     def open(
@@ -387,6 +398,9 @@ class StoreWriter:
             rows[i, 0:3] = (r.height, r.width, _task_bits(r.tasks))
         crc = np.zeros(n, dtype=np.int64)
         extent = dict(j["extent"])
+        hashes = (
+            {k: h.copy() for k, h in self._hashes.items()} if self._hashes is not None else None
+        )
         for fi, spec in enumerate(self._fields):
             parts: list[NDArray[Any]] = []
             unit = spec.chunk * spec.chunks_per_shard if self._align_shards else spec.chunk
@@ -403,20 +417,26 @@ class StoreWriter:
                 flat = np.ascontiguousarray(a, dtype=spec.dtype).reshape(-1)
                 rows[i, 4 + 2 * fi] = pos
                 rows[i, 5 + 2 * fi] = flat.size
-                crc[i] = zlib.crc32(flat.tobytes(), int(crc[i]))
+                crc[i] = zlib.crc32(flat.data, int(crc[i]))
                 parts.append(flat)
                 pos += flat.size
             if not parts:
                 continue
             arr = self._arrays[spec.path]
             if arr.shape[0] < pos:
-                arr.resize((pos,))
-            arr[start:pos] = np.concatenate(parts)
+                # grow by whole shards, geometrically (each resize rewrites the array's
+                # metadata, and every batch starts a shard further on); finish() trims
+                arr.resize((max(_align(pos, unit), 2 * int(arr.shape[0])),))
+            data = np.concatenate(parts)
+            arr[start:pos] = data
+            if hashes is not None:
+                hashes[spec.path].update(data)
             extent[spec.path] = pos
         rows[:, 3] = crc
         if n:
             if self._index.shape[0] < n0 + n:
-                self._index.resize((n0 + n, len(self._columns)))
+                grown = max(n0 + n, 2 * int(self._index.shape[0]))
+                self._index.resize((grown, len(self._columns)))
             self._index[n0 : n0 + n] = rows
         counts = dict(j["task_counts"])
         for r in records:
@@ -430,6 +450,7 @@ class StoreWriter:
             skipped=[*j["skipped"], *[s.model_dump() for s in skipped]],
         )
         _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j))
+        self._hashes = hashes
 
     def finish(
         self,
@@ -451,15 +472,18 @@ class StoreWriter:
             if arr.shape[0] != int(j["extent"][spec.path]):
                 arr.resize((int(j["extent"][spec.path]),))
         digests = {"index": _array_digest(self._index)}
-        digests.update(
-            _field_digests(
-                self._arrays,
-                self._fields,
-                np.asarray(self._index[:], dtype=np.int64),
-                self._columns,
-                self._group.attrs["sgt"].get("digest"),
+        if self._hashes is not None:  # every batch went through this writer
+            digests.update({k: h.hexdigest() for k, h in self._hashes.items()})
+        else:
+            digests.update(
+                _field_digests(
+                    self._arrays,
+                    self._fields,
+                    np.asarray(self._index[:], dtype=np.int64),
+                    self._columns,
+                    self._group.attrs["sgt"].get("digest"),
+                )
             )
-        )
         manifest = StoreManifest(
             created_by=created_by,
             name=str(j["name"]),
