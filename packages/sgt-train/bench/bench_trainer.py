@@ -8,7 +8,9 @@ alternate in a rotating order (reversed every other repeat) after one unmeasured
 each loop; a loop's figure is the median over repeats of its runs' median step time. Wall time is
 the headline; process CPU time per step is printed beside it (steadier when other jobs share the
 machine). The trainer's time excludes start-up and the final checkpoint (between step hooks).
-Target: DeepSpeed overhead <= 15 %.
+Target: DeepSpeed overhead <= 15 % for ZeRO-0 and ZeRO-2; ZeRO-1 and ZeRO-3 are shown for
+information. One-process ZeRO-1/2 runs take the single-rank path of ``sgt_train.ds_config``
+(gradients stay in ``param.grad``, no identity all-reduce).
 
     python packages/sgt-train/bench/bench_trainer.py [--steps 16] [--repeats 6] [--threads 1]
 """
@@ -16,6 +18,7 @@ Target: DeepSpeed overhead <= 15 %.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import tempfile
@@ -35,6 +38,10 @@ from sgt_train.loop import Hooks, StepMetrics, fit
 from sgt_train.schedule import make_scheduler
 
 PATTERN = (TaskKind.SEGMENTATION, TaskKind.SEGMENTATION, TaskKind.UNDERSTANDING)
+#: ZeRO stages timed; the target applies to 0 and 2, stages 1 and 3 are shown for information.
+STAGES = (0, 1, 2, 3)
+TARGETED = ("sgt-train ZeRO-0", "sgt-train ZeRO-2")
+TARGET = 0.15
 #: (wall, process CPU) time stamps, one pair after each optimizer step.
 Stamps = list[tuple[float, float]]
 
@@ -166,6 +173,10 @@ def trainer(config: Any, batches: list[Any]) -> Stamps:
     return stamps
 
 
+def _trainer_run(stage: int, batches: list[Any], out: str, steps: int) -> Stamps:
+    return trainer(_config(out, steps, stage), batches)
+
+
 def _median_step(stamps: Stamps, warmup: int) -> tuple[float, float]:
     """Median (wall, CPU) seconds per step after ``warmup`` steps."""
     kept = np.asarray(stamps[warmup - 1 :])
@@ -196,14 +207,19 @@ def main() -> None:
     loops: dict[str, Callable[[str, int], Stamps]] = {}
     with tempfile.TemporaryDirectory(prefix="sgt-bench-") as tmp:
         batches = _collated_batches(_config(tmp, args.steps, 0), 3 * 2)
-        loops = {
-            "plain PyTorch": lambda out, steps: plain_loop(_config(out, steps, 0), batches),
-            "sgt-train ZeRO-0": lambda out, steps: trainer(_config(out, steps, 0), batches),
-            "sgt-train ZeRO-2": lambda out, steps: trainer(_config(out, steps, 2), batches),
-        }
+        loops = {"plain PyTorch": lambda out, steps: plain_loop(_config(out, steps, 0), batches)}
+        for stage in STAGES:
+            loops[f"sgt-train ZeRO-{stage}"] = functools.partial(_trainer_run, stage, batches)
+        failed: dict[str, str] = {}
+        for i, name in enumerate(list(loops)):  # unmeasured warm-up of each loop
+            try:
+                loops[name](f"{tmp}/warm{i}", args.warmup + 2)
+            except Exception as exc:  # an information row may fail; the table says why
+                if name in TARGETED or name == "plain PyTorch":
+                    raise
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
+                del loops[name]
         names = list(loops)
-        for i, name in enumerate(names):  # unmeasured warm-up of each loop
-            loops[name](f"{tmp}/warm{i}", args.warmup + 2)
         rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         for r in range(args.repeats):
             # rotate the order, reversed every other repeat: no loop always runs first or always
@@ -228,11 +244,21 @@ def main() -> None:
     )
     for name, (wall, cpu) in per_loop.items():
         runs = " ".join(f"{1 / w:.2f}" for w, _ in rows[name])
+        note = "" if name in TARGETED or name == "plain PyTorch" else "  (information)"
         print(
             f"{name:<18} {1 / wall:>8.3f} {100 * (wall / base_wall - 1):>8.1f}% "
-            f"{1000 * cpu:>12.1f} {100 * (cpu / base_cpu - 1):>12.1f}%  {runs}"
+            f"{1000 * cpu:>12.1f} {100 * (cpu / base_cpu - 1):>12.1f}%  {runs}{note}"
         )
-    print("target: DeepSpeed overhead <= 15 %")
+    for name, reason in failed.items():
+        print(f"{name:<18} {'failed':>8}  (information) {reason}")
+    verdicts = []
+    for metric, column, base in (("steps/s", 0, base_wall), ("CPU time", 1, base_cpu)):
+        missed = [n for n in TARGETED if per_loop[n][column] / base - 1 > TARGET]
+        verdicts.append(f"{metric} {'MISSED by ' + ', '.join(missed) if missed else 'met'}")
+    print(
+        f"target: DeepSpeed overhead <= {100 * TARGET:.0f} % for ZeRO-0 and ZeRO-2: "
+        f"{'; '.join(verdicts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def build_ds_config(config: RunConfig, world_size: int = 1) -> dict[str, Any]:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if config.zero.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    zero.update(_single_rank_zero_keys(config, world_size))
     optimizer_params: dict[str, Any] = {
         "lr": opt.lr,
         "betas": list(opt.betas),
@@ -79,6 +80,69 @@ def build_ds_config(config: RunConfig, world_size: int = 1) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     return merge_raw(derived, config.deepspeed)
+
+
+def _single_rank_zero_keys(config: RunConfig, world_size: int) -> dict[str, Any]:
+    """ZeRO-1/2 keys that drop work which is pointless when one rank holds every partition.
+
+    DeepSpeed's defaults suit many ranks: ``contiguous_gradients`` copies every gradient into a
+    fresh ``reduce_bucket_size`` staging bucket (5e8 elements, reallocated each micro-batch) and
+    then again into a per-partition buffer, so that reduce-scatters read contiguous memory. With
+    one rank nothing is communicated, and the gradients can stay in ``param.grad`` (the path
+    ``initialize_engine`` then short-cuts, see ``_skip_single_rank_reduction``); ``overlap_comm``
+    has nothing to overlap. Both choices give bit-identical updates (a reduction over one rank
+    is an identity). Several ranks keep DeepSpeed's defaults, so their numerics do not change.
+    CPU offload forces contiguous gradients in DeepSpeed, so it is left alone.
+    """
+    single = world_size == 1 and config.zero.stage in (1, 2)
+    if not single or config.zero.offload_optimizer or config.zero.offload_params:
+        return {}
+    return {"contiguous_gradients": False, "overlap_comm": False}
+
+
+def _skip_single_rank_reduction(engine: Any) -> bool:
+    """Make a one-rank ZeRO-1/2 engine skip gradient reduction, an identity on one rank.
+
+    With ``contiguous_gradients`` off, DeepSpeed 0.19 reduces gradients in
+    ``buffered_reduce_fallback``: flatten into a new buffer, divide by the world size (1),
+    all-reduce over one rank, copy back; three passes over the gradients and a gloo round trip
+    that change no bit. Under ZeRO-2 a Python hook per parameter also files every gradient into
+    that reduction bucket at every micro-batch (and walks the autograd graph to count them); with
+    one rank the gradients can stay in ``param.grad``, where the backward epilogue that
+    ``engine.backward`` runs reads and accumulates them exactly as before, so the hooks are
+    removed. (A bare ``loss.backward()`` would then skip that epilogue; the trainer always calls
+    ``engine.backward``.) Only installed where those are the paths DeepSpeed takes: no offload,
+    no separate fp32 accumulation buffer for 16-bit gradients. Relies on deepspeed 0.19
+    internals (the dependency is capped below 0.20). Returns whether it applied.
+    """
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    optimizer = engine.optimizer
+    if (
+        engine.dp_world_size != 1
+        or not isinstance(optimizer, DeepSpeedZeroOptimizer)
+        or optimizer.contiguous_gradients
+        or optimizer.overlap_comm
+        or optimizer.cpu_offload
+        or optimizer.use_grad_accum_attribute
+        or any(
+            optimizer._use_compact_grad_partition_buffer(i)
+            for i in range(len(optimizer.bit16_groups))
+        )
+        or not callable(getattr(optimizer, "buffered_reduce_fallback", None))
+        or not isinstance(getattr(optimizer, "_grad_acc_hooks", None), list)
+    ):
+        return False
+
+    def _identity_reduction(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    optimizer.buffered_reduce_fallback = _identity_reduction
+    if optimizer.partition_gradients:
+        for handle in optimizer._grad_acc_hooks:
+            handle.remove()
+        optimizer._grad_acc_hooks.clear()
+    return True
 
 
 def _skip_shm_op() -> None:
@@ -140,11 +204,38 @@ def initialize_engine(
         config=ds_config,
         dist_init_required=False,
     )
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    if offload.get("device", "none") != "none" and engine.zero_optimization_stage() in (1, 2):
+        _give_every_parameter_a_gradient(model)
     if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
         # Without ZeRO, DeepSpeed all-reduces every gradient at each accumulation boundary even
         # in a one-process group: an identity that costs ~10 % of a tiny model's step on a CPU.
         engine.enable_backward_allreduce = False
+    elif engine.zero_optimization_stage() in (1, 2) and _skip_single_rank_reduction(engine):
+        _log.debug("one rank: ZeRO gradient all-reduce skipped (an identity)")
     return engine
+
+
+def _give_every_parameter_a_gradient(model: torch.nn.Module) -> None:
+    # DeepSpeed 0.19.8's ZeRO-1/2 CPU offload moves gradients to its CPU buffers from per-parameter
+    # hooks, so a parameter without a gradient in a micro-batch (a task-routed batch that skips a
+    # head) goes wrong: its slot in the fp32 gradient buffer keeps an earlier step's value, which
+    # is applied again, and with gradient accumulation a gradient from a micro-batch before the
+    # last is dropped. Adding 0 x one element of every trainable parameter to the loss makes
+    # every hook fire with the exact gradient (zeros where unused): the loss is unchanged and the
+    # updates equal ZeRO-1/2 without offload up to cpu_adam's rounding.
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def touch_all(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        total = getattr(output, "total", None)
+        if isinstance(total, torch.Tensor) and total.requires_grad and params:
+            anchor = torch.stack([p.reshape(-1)[0].to(total.dtype) for p in params]).sum()
+            output.total = total + anchor * 0.0
+        return output
+
+    model.register_forward_hook(touch_all)
 
 
 @contextlib.contextmanager
