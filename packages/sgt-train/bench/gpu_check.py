@@ -157,7 +157,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_check.py needs a CUDA GPU (or --device cpu for a smoke test)")
-    warm = min(5, args.steps - 1)
+    warm = min(
+        max(5, args.steps // 3), args.steps - 1
+    )  # the first run in a process warms up longer
     from sgt_models.registry import build_adapter
 
     report: dict[str, Any] = {
