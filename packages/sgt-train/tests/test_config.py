@@ -106,3 +106,12 @@ def test_validate_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["validate", str(_write(tmp_path, VALID))]) == 0
     assert main(["validate", str(_write(tmp_path, VALID)), "--set", "steps=-3"]) == 2
     assert "steps: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_launcher_local_rank_is_accepted_before_the_command() -> None:
+    from sgt_train.cli import build_parser
+
+    args = build_parser().parse_args(["--local_rank=3", "fit", "tiny-sgt"])
+    assert (args.command, args.launcher_local_rank, args.local_rank) == ("fit", 3, None)
+    args = build_parser().parse_args(["fit", "tiny-sgt", "--local_rank", "1"])
+    assert (args.launcher_local_rank, args.local_rank) == (None, 1)

@@ -120,8 +120,9 @@ def run_fit(
 def _cmd_fit(args: argparse.Namespace) -> int:
     from sgt_train.launch import distributed_exit
 
-    if args.local_rank is not None:  # the deepspeed launcher passes --local_rank
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    local_rank = args.local_rank if args.local_rank is not None else args.launcher_local_rank
+    if local_rank is not None:  # the deepspeed launcher passes --local_rank (LOCAL_RANK wins)
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
     try:
         config = load_run_config(_resolve_config(args.config), args.overrides)
     except ConfigError as exc:
@@ -161,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sgt-train",
         description="Semantic Generative Tuning: post-train a unified multimodal model.",
+    )
+    # `deepspeed --module sgt_train.cli fit ...` inserts --local_rank=N before the command
+    parser.add_argument(
+        "--local_rank",
+        "--local-rank",
+        dest="launcher_local_rank",
+        type=int,
+        default=None,
+        help=argparse.SUPPRESS,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
