@@ -91,6 +91,14 @@ class UnifiedModelAdapter(Protocol):
     """A unified understanding + generation model, seen through SGT's eyes.
 
     Implementations subclass ``torch.nn.Module``; ``forward(batch, weights)`` equals ``loss``.
+
+    So that DeepSpeed ZeRO-3 can train it (it gathers a submodule's parameters only around that
+    submodule's forward and backward, and leaves them at size 0 elsewhere), an adapter reads
+    each parameter only inside the forward of the module that owns it (no ``.weight`` reads,
+    no parameters held by the adapter module itself), and gives every trainable parameter a
+    gradient in every ``loss`` call, zeros on a path the batch does not take (run the idle
+    path's modules on a minimal constant input and add their output times 0), so that every
+    rank reduces the same gradients.
     """
 
     kind: ClassVar[str]

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "Zero3LayoutError",
     "build_ds_config",
     "consolidated_state_dict",
     "device_name",
@@ -32,6 +33,10 @@ _log = logging.getLogger(__name__)
 
 #: Never let DeepSpeed print its own step log; the trainer logs.
 _QUIET_STEPS = 2**31 - 1
+
+
+class Zero3LayoutError(ValueError):
+    """A model that ZeRO-3 cannot train as built; the message names the parameters."""
 
 
 def merge_raw(base: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,6 +201,8 @@ def initialize_engine(
     """Wrap ``model`` in a DeepSpeed engine (optimizer and LR scheduler included)."""
     import deepspeed
 
+    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+        _check_zero3_layout(model)
     init_distributed()
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -214,6 +221,20 @@ def initialize_engine(
     elif engine.zero_optimization_stage() in (1, 2) and _skip_single_rank_reduction(engine):
         _log.debug("one rank: ZeRO gradient all-reduce skipped (an identity)")
     return engine
+
+
+def _check_zero3_layout(model: torch.nn.Module) -> None:
+    # ZeRO-3 gathers a module's parameters around its forward and, for backward, from hooks on
+    # the tensors that forward returns. An adapter's forward returns a LossOutput dataclass,
+    # whose tensors DeepSpeed 0.19 cannot see ("unknown inputs or outputs type"), so parameters
+    # held by the adapter module itself would stay partitioned (size 0) in backward.
+    own = [name for name, _ in model.named_parameters(recurse=False)]
+    if own:
+        raise Zero3LayoutError(
+            f"ZeRO-3 cannot train {type(model).__name__}: its parameters {own} belong to the "
+            "top-level module, whose LossOutput hides them from DeepSpeed's backward hooks; "
+            "move them into a submodule"
+        )
 
 
 def _give_every_parameter_a_gradient(model: torch.nn.Module) -> None:

@@ -260,13 +260,42 @@ class ReferenceAdapter(torch.nn.Module):
         velocity: torch.Tensor = out[0]
         return velocity
 
-    @staticmethod
-    def _touch(module: torch.nn.Module) -> torch.Tensor:
-        """Zero that depends on every trainable parameter (every parameter then gets a gradient)."""
-        params = [p.sum() for p in module.parameters() if p.requires_grad]
-        if not params:
-            return torch.zeros(())
-        return torch.stack(params).sum().float() * 0.0
+    # Every trainable parameter gets a gradient in every micro-batch, zeros on a path the batch
+    # does not take, so that all ranks reduce the same gradients and every optimizer (ZeRO 0-3)
+    # updates the same parameters. The zeros come from running the idle path's own modules on a
+    # minimal constant input scaled by 0, never from reading ``.weight`` outside the owning
+    # module's forward: ZeRO-3 gathers a module's parameters only around its own forward (and
+    # its backward) and leaves them at size 0 elsewhere. These forwards draw no random numbers.
+
+    def _idle_vision_zero(self) -> torch.Tensor:
+        """0 with zero gradients for the vision encoder and connector (batch without images)."""
+        if not any(
+            p.requires_grad
+            for p in (*self.vision_encoder.parameters(), *self.connector.parameters())
+        ):
+            return torch.zeros((), device=self._device)
+        size = self.config.image_size
+        pixels = torch.zeros(1, 3, size, size, device=self._device, dtype=self._dtype)
+        features = self.vision_encoder(pixel_values=pixels).last_hidden_state
+        embeds: torch.Tensor = self.connector(features)
+        return (embeds.float() * 0.0).sum()
+
+    def _idle_lm_head_zero(self, hidden: torch.Tensor) -> torch.Tensor:
+        """0 with zero gradients for ``lm_head`` (batch without answer tokens): zero rows."""
+        logits: torch.Tensor = self.llm.lm_head(hidden[:0, 0].detach())
+        return logits.float().sum()
+
+    def _idle_generator_zero(self) -> torch.Tensor:
+        """0 with zero gradients for the generator (batch without target images): one token."""
+        if not any(p.requires_grad for p in self.generator.parameters()):
+            return torch.zeros((), device=self._device)
+        p, device = self.arch.dit_patch, self._device
+        x = torch.zeros(1, self.latent_channels, p, p, device=device, dtype=self._dtype)
+        reference = torch.zeros_like(x) if self.config.vae_reference_input else None
+        cond = torch.zeros(1, 1, self.arch.lm_hidden, device=device, dtype=self._dtype)
+        one = torch.ones(1, dtype=torch.long, device=device)
+        velocity = self._velocity(x, torch.zeros(1, device=device), cond, one, reference)
+        return (velocity.float() * 0.0).sum()
 
     # -- protocol: loss -----------------------------------------------------------------------
 
@@ -280,9 +309,10 @@ class ReferenceAdapter(torch.nn.Module):
         batch = batch.to(self._device)
         hidden = self._hidden(batch)
         num_rows = batch.num_samples
-        touch = torch.zeros((), device=hidden.device)
-        if batch.pixel_values.shape[0] == 0:
-            touch = touch + self._touch(self.vision_encoder) + self._touch(self.connector)
+        idle = torch.zeros((), device=hidden.device)
+        idle_paths = torch.is_grad_enabled()  # the zero gradients matter only for a backward
+        if idle_paths and batch.pixel_values.shape[0] == 0:
+            idle = idle + self._idle_vision_zero()
 
         # cross-entropy: h[i] predicts labels[i + 1]
         labels = batch.labels[:, 1:]
@@ -299,7 +329,8 @@ class ReferenceAdapter(torch.nn.Module):
             row_tokens.index_add_(0, rows, torch.ones_like(rows, dtype=torch.float64))
         else:
             ce = torch.zeros((), device=hidden.device)
-            touch = touch + self._touch(self.llm.lm_head)
+            if idle_paths:
+                idle = idle + self._idle_lm_head_zero(hidden)
 
         # flow matching on the generative rows
         gen_rows = batch.gen_rows
@@ -327,9 +358,10 @@ class ReferenceAdapter(torch.nn.Module):
             row_mse[gen_rows.cpu()] = err.detach().mean(dim=(1, 2, 3)).double().cpu()
         else:
             mse = torch.zeros((), device=hidden.device)
-            touch = touch + self._touch(self.generator)
+            if idle_paths:
+                idle = idle + self._idle_generator_zero()
 
-        total = weights.ce * ce + weights.mse * mse + touch.to(hidden.device)
+        total = weights.ce * ce + weights.mse * mse + idle.to(hidden.device)
         return LossOutput(
             total=total,
             parts={"ce": ce, "mse": mse},
