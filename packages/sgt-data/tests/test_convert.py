@@ -4,6 +4,7 @@ format), checked against pycocotools; parallel, sharded and merged conversions; 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from sgt_data.errors import ConversionError, SgtDataError
 from sgt_data.render import renderer_from_spec
 from sgt_data.scenes import write_world
 from sgt_data.schema import TaskKind
-from sgt_data.store import SampleStore, verify_store
+from sgt_data.store import JOURNAL_FILE, SampleStore, verify_store
 
 pycoco = pytest.importorskip("pycocotools.mask")
 
@@ -525,6 +526,44 @@ def test_corrupt_image(bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Pa
         ConversionError, match=r"000000000102\.jpg: item '102': corrupt or unreadable image"
     ):
         _convert(ann, images, data, tmp_path / "s")
+
+
+def test_a_file_that_is_not_an_image_is_named_with_what_is_wrong(
+    bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    ann, images, data = bad_coco
+    (images / "000000000102.jpg").write_text("<html>not found</html>")
+    with pytest.raises(ConversionError) as err:
+        _convert(ann, images, data, tmp_path / "s")
+    text = str(err.value)
+    assert re.search(
+        r"000000000102\.jpg: item '102': not an image file: no image format recognised "
+        r"\(it starts with b'<html>no'\)",
+        text,
+    ), text
+    assert "BytesIO" not in text
+    assert " at 0x" not in text
+    m = _convert(ann, images, data, tmp_path / "s2", skip_bad=True)
+    assert [s.item_id for s in m.skipped] == ["102"]
+    assert "BytesIO" not in m.skipped[0].reason
+
+
+def test_a_strict_run_stopped_by_a_bad_item_resumes_with_skip_bad(
+    bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    ann, images, data = bad_coco
+    p = images / "000000000102.jpg"
+    p.write_bytes(p.read_bytes()[:2000])
+    out = tmp_path / "s"
+    with pytest.raises(ConversionError, match="item '102'"):
+        _convert(ann, images, data, out)
+    assert json.loads((out / JOURNAL_FILE).read_text())["items_done"] == 2  # one batch kept
+    resumed = _convert(ann, images, data, out, skip_bad=True)
+    fresh = _convert(ann, images, data, tmp_path / "fresh", skip_bad=True)
+    assert [s.item_id for s in resumed.skipped] == ["102"]
+    assert resumed.arrays == fresh.arrays  # the same checksums as an uninterrupted run
+    assert resumed.num_samples == fresh.num_samples == 2
+    assert verify_store(out) == []
 
 
 def test_json_not_matching_the_format(

@@ -27,7 +27,7 @@ from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_convers
 from sgt_data.convert.example import write_voc_coco
 from sgt_data.errors import StoreError
 from sgt_data.schema import TaskKind
-from sgt_data.store import JOURNAL_FILE, SampleStore, verify_store
+from sgt_data.store import JOURNAL_FILE, SampleStore, StoreWriter, verify_store
 
 _SCRIPT = """
 import sys
@@ -116,6 +116,27 @@ def test_resume_refuses_other_options(source: tuple[Path, Path], tmp_path: Path)
         CocoInstancesConverter(*source, ConvertOptions(name="k")), out, batch_size=2
     )
     assert again == SampleStore.open(out).manifest  # a finished store is left as it is
+
+
+def test_only_a_strict_run_resumes_with_skip_bad(tmp_path: Path) -> None:
+    def open_(out: Path, skip_bad: bool, edge: bool = False) -> StoreWriter:
+        return StoreWriter.open(
+            out,
+            name="k",
+            fields=[],
+            batch_size=2,
+            fingerprint={"skip_bad": skip_bad, "edge": edge},
+            resumable_from={"skip_bad": False},
+        )
+
+    open_(tmp_path / "strict", False)
+    assert open_(tmp_path / "strict", True).items_done == 0
+    with pytest.raises(StoreError, match="edge"):  # other keys still have to match
+        open_(tmp_path / "strict", True, edge=True)
+    # a store that skipped bad items may hold skips: it does not go on strictly
+    open_(tmp_path / "lenient", True)
+    with pytest.raises(StoreError, match=r"skip_bad: True -> False"):
+        open_(tmp_path / "lenient", False)
 
 
 def test_verify_names_what_is_wrong(reference: Path, tmp_path: Path) -> None:

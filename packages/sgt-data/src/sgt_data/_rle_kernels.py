@@ -955,21 +955,32 @@ def poly_counts(xy, h, w):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def polygon_string(xy, h, w, max_coord, max_steps):  # type: ignore[no-untyped-def]
-    """One polygon -> its compressed string, validated: (status, chars).
+def polygon_counts(xy, h, w, max_coord, max_steps):  # type: ignore[no-untyped-def]
+    """One polygon -> its counts, validated: (status, counts).
 
     Status ``OK``, or ``ERR_SIZE`` when a coordinate is not finite or beyond ``max_coord``,
     or the polygon is longer than ``max_steps`` upsampled boundary steps (the caller then
     reports the details).
     """
-    empty = np.empty(0, np.uint8)
     for j in range(xy.shape[0]):
         c = xy[j]
         if not (abs(c) <= max_coord):  # also catches NaN
-            return ERR_SIZE, empty
+            return ERR_SIZE, np.empty(0, np.int64)
     if poly_steps(xy) > max_steps:
-        return ERR_SIZE, empty
-    counts = np.zeros(1, np.int64) if h * w == 0 else poly_counts(xy, h, w)
+        return ERR_SIZE, np.empty(0, np.int64)
+    if h * w == 0:
+        return OK, np.zeros(1, np.int64)
+    return OK, poly_counts(xy, h, w)
+
+
+@_jit
+def polygon_string(xy, h, w, max_coord, max_steps):  # type: ignore[no-untyped-def]
+    """One polygon -> its compressed string, validated: (status, chars), as
+    :func:`polygon_counts`."""
+    empty = np.empty(0, np.uint8)
+    status, counts = polygon_counts(xy, h, w, max_coord, max_steps)
+    if status:
+        return status, empty
     out = np.empty(7 * counts.shape[0] + 1, np.uint8)
     p = 0
     for j in range(counts.shape[0]):

@@ -36,6 +36,7 @@ __all__ = [
     "PanopticRenderer",
     "ReconstructionRenderer",
     "SemanticRenderer",
+    "check_depth_model",
     "depth_from_model",
     "distinct_palette",
     "renderer_from_spec",
@@ -821,7 +822,7 @@ def depth_from_model(image: RGB, model_path: str) -> NDArray[np.float32]:
 
 @functools.lru_cache(maxsize=2)
 def _depth_pipeline(model_path: str, factory: Any) -> Any:
-    _check_depth_model(model_path)
+    check_depth_model(model_path)
     _log.info("loading depth model from %s", model_path)
     try:
         return factory("depth-estimation", model=model_path, device="cpu")
@@ -829,7 +830,7 @@ def _depth_pipeline(model_path: str, factory: Any) -> Any:
         raise RenderError(f"depth model {model_path}: cannot be loaded: {exc}") from exc
 
 
-def _check_depth_model(model_path: str) -> None:
+def check_depth_model(model_path: str) -> None:
     """Raise a :class:`RenderError` naming ``model_path`` unless it is a local directory holding a
     saved ``transformers`` depth-estimation model (a hub id would mean a download; a model saved
     for another task would load with a random depth head)."""

@@ -57,6 +57,7 @@ __all__ = [
     "iou",
     "merge",
     "paint_label_map",
+    "polygons_to_counts",
     "polygons_to_rle",
     "toBbox",
 ]
@@ -241,6 +242,15 @@ def _counts_of_list(
     counts: object, h: int, w: int, i: int, image_id: object, ann_ids: Sequence[IdLike] | None
 ) -> npt.NDArray[np.int64]:
     """Validated uncompressed counts."""
+    if (
+        type(counts) is np.ndarray
+        and counts.dtype == np.int64
+        and counts.ndim == 1
+        and counts.size
+        and int(counts.min()) >= 0
+        and int(counts.sum()) == h * w  # with no negative count, none exceeds h * w
+    ):  # the common case of counts computed here (e.g. polygons_to_counts): two reductions
+        return np.ascontiguousarray(counts)
     where = (i, image_id, ann_ids)
     if not isinstance(counts, (list, tuple, np.ndarray)):
         raise _error(
@@ -728,6 +738,28 @@ def _polygon_rle_fast(p: object, h: int, w: int) -> RLEDict | None:
     return {"size": [h, w], "counts": chars.tobytes()}
 
 
+def _polygon_counts_fast(p: object, h: int, w: int) -> npt.NDArray[np.int64] | None:
+    """The counts of one well-formed polygon in one kernel call; None when the polygon is
+    malformed in any way (the validating path then names the problem)."""
+    if type(p) is np.ndarray:
+        if p.dtype != np.float64 or p.ndim != 1:
+            return None
+        xy = p
+    elif type(p) is list or type(p) is tuple:
+        try:
+            xy = np.array(p, dtype=np.float64)
+        except (ValueError, TypeError):
+            return None
+        if xy.ndim != 1:
+            return None
+    else:
+        return None
+    if xy.shape[0] < 6 or xy.shape[0] % 2:
+        return None
+    status, counts = _k().polygon_counts(xy, h, w, _MAX_COORD, _MAX_POLY_STEPS)
+    return None if status else counts
+
+
 def _poly_counts_list(
     polys: Sequence[object], h: int, w: int, image_id: object, ann_ids: Sequence[IdLike] | None
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -844,6 +876,45 @@ def polygons_to_rle(
     if len(polygons) > 1:
         counts = _k().merge(counts, offs, False)
     return _rle_dicts(counts, np.array([0, counts.shape[0]], np.int64), [(h, w)])[0]
+
+
+def polygons_to_counts(
+    polygons: Sequence[Sequence[float]],
+    h: int,
+    w: int,
+    *,
+    image_id: IdLike | None = None,
+    ann_id: IdLike | None = None,
+) -> npt.NDArray[np.int64]:
+    """COCO polygons of one annotation -> the uncompressed counts of their merged mask.
+
+    The counts that :func:`polygons_to_rle`'s compressed string encodes, for callers that use
+    them directly (``{"size": [h, w], "counts": counts}`` in :func:`paint_label_map`) instead
+    of encoding a string that is parsed again.
+    """
+    ids = _ids(ann_id)
+    _check_hw(h, w, (0, image_id, ids))
+    if not isinstance(polygons, (list, tuple)) or not polygons:
+        raise _error(
+            "polygons must be a non-empty list of [x0, y0, x1, y1, ...] lists", 0, image_id, ids
+        )
+    parts = []
+    for p in polygons:
+        c = _polygon_counts_fast(p, h, w)
+        if c is None:  # malformed: the validating path below names the problem
+            break
+        parts.append(c)
+    else:
+        if len(parts) == 1:
+            return parts[0]
+        offs = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([c.shape[0] for c in parts], out=offs[1:])
+        merged: npt.NDArray[np.int64] = _k().merge(np.concatenate(parts), offs, False)
+        return merged
+    counts, offs = _poly_counts_list(polygons, h, w, image_id, ids)
+    if len(polygons) > 1:
+        counts = _k().merge(counts, offs, False)
+    return counts
 
 
 def decode_rows(

@@ -47,6 +47,7 @@ __all__ = [
     "StoreWriter",
     "encode_frame",
     "label_field",
+    "seal_record",
     "verify_store",
 ]
 
@@ -138,6 +139,60 @@ class SampleRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     #: label fields already hold their stored zstd frames (records read back from a store)
     framed: bool = False
+    #: the stored form computed ahead by :func:`seal_record` (field paths, each field's flat
+    #: bytes or None, crc32), so that the writer only writes it
+    sealed: tuple[tuple[str, ...], tuple[NDArray[Any] | None, ...], int] | None = None
+
+
+def _store_fields(fields: Sequence[FieldSpec]) -> list[FieldSpec]:
+    """A store's fields in stored order: image, meta, then the label fields."""
+    return [IMAGE_FIELD, META_FIELD, *[f for f in fields if f.path not in ("image", "meta")]]
+
+
+def _stored_form(
+    rec: SampleRecord, fields: Sequence[FieldSpec]
+) -> tuple[list[NDArray[Any] | None], int]:
+    """Each field's flat stored array (None: absent) and the sample's crc32 over them in order."""
+    flats: list[NDArray[Any] | None] = []
+    crc = 0
+    for spec in fields:
+        if spec.path == "meta":
+            a = np.frombuffer(
+                json.dumps({"id": rec.sample_id, **rec.meta}, sort_keys=True).encode("utf-8"),
+                dtype=np.uint8,
+            )
+        else:
+            got = rec.arrays.get(spec.path)
+            if got is None:
+                flats.append(None)
+                continue
+            a = got
+        if a.size == 0:
+            flats.append(None)
+            continue
+        if spec.frame_dtype is not None and not (
+            a.dtype == np.uint8 and a.ndim == 1 and rec.framed
+        ):
+            a = encode_frame(a, spec.frame_dtype)
+        flat = np.ascontiguousarray(a, dtype=spec.dtype)
+        if flat.ndim != 1:
+            flat = flat.reshape(-1)
+        crc = zlib.crc32(flat.data, crc)
+        flats.append(flat)
+    return flats, crc
+
+
+def seal_record(rec: SampleRecord, fields: Sequence[FieldSpec]) -> None:
+    """Compute ``rec``'s stored form for a store with these label ``fields`` now (label maps
+    compressed to frames, metadata bytes, crc32), e.g. in a conversion worker, so that the
+    writer, which runs serially, only writes it. The label arrays are replaced by their frames."""
+    specs = _store_fields(fields)
+    flats, crc = _stored_form(rec, specs)
+    for spec, flat in zip(specs, flats, strict=True):
+        if spec.frame_dtype is not None and flat is not None:
+            rec.arrays[spec.path] = flat
+    rec.framed = True
+    rec.sealed = (tuple(s.path for s in specs), tuple(flats), crc)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -284,21 +339,36 @@ class StoreWriter:
         batch_size: int,
         fingerprint: Mapping[str, Any],
         overwrite: bool = False,
+        resumable_from: Mapping[str, Any] | None = None,
     ) -> StoreWriter:
-        """Create a store, or resume the unfinished one at ``path`` written with the same fingerprint."""
+        """Create a store, or resume the unfinished one at ``path`` written with the same fingerprint.
+
+        ``resumable_from`` maps fingerprint keys to the one earlier value from which a run may
+        resume with another value (e.g. ``{"skip_bad": False}``: a strict run may go on with
+        ``skip_bad``); the journal then takes the new value."""
         root = Path(path)
-        fields = [IMAGE_FIELD, META_FIELD, *[f for f in fields if f.path not in ("image", "meta")]]
+        fields = _store_fields(fields)
         fp = json.loads(json.dumps(dict(fingerprint), sort_keys=True))
         journal_path = root / JOURNAL_FILE
         if overwrite and root.exists():
             shutil.rmtree(root)
         if journal_path.exists():
             journal = json.loads(journal_path.read_text(encoding="utf-8"))
-            if journal.get("fingerprint") != fp or journal.get("batch_size") != batch_size:
+            old_fp = journal.get("fingerprint")
+            relax = dict(resumable_from or {})
+            if isinstance(old_fp, dict):  # the relaxed keys compare equal from their old value
+                old_fp = {
+                    k: fp[k] if k in fp and k in relax and relax[k] == v else v
+                    for k, v in old_fp.items()
+                }
+            if old_fp != fp or journal.get("batch_size") != batch_size:
                 raise StoreError(
                     f"{root}: the store was started with other inputs or options "
                     f"({_fp_diff(journal.get('fingerprint', {}), fp)}); use another --out or --overwrite"
                 )
+            if journal["fingerprint"] != fp and not journal.get("finished"):
+                journal["fingerprint"] = fp  # a later resume compares with the new value
+                _atomic_write_text(journal_path, json.dumps(journal))
             _remove_partials(root)
             _log.info(
                 "resuming %s after %d items (%d samples)",
@@ -387,16 +457,16 @@ class StoreWriter:
         n0 = int(j["samples"])
         n = len(records)
         rows = np.zeros((n, len(self._columns)), dtype=np.int64)
-        metas = [
-            np.frombuffer(
-                json.dumps({"id": r.sample_id, **r.meta}, sort_keys=True).encode("utf-8"),
-                dtype=np.uint8,
-            )
+        paths = tuple(f.path for f in self._fields)
+        stored: list[tuple[Sequence[NDArray[Any] | None], int]] = [
+            r.sealed[1:]
+            if r.sealed is not None and r.sealed[0] == paths
+            # (not sealed ahead: merge, or a caller's own records)
+            else _stored_form(r, self._fields)
             for r in records
         ]
         for i, r in enumerate(records):
-            rows[i, 0:3] = (r.height, r.width, _task_bits(r.tasks))
-        crc = np.zeros(n, dtype=np.int64)
+            rows[i, 0:4] = (r.height, r.width, _task_bits(r.tasks), stored[i][1])
         extent = dict(j["extent"])
         hashes = (
             {k: h.copy() for k, h in self._hashes.items()} if self._hashes is not None else None
@@ -406,18 +476,12 @@ class StoreWriter:
             unit = spec.chunk * spec.chunks_per_shard if self._align_shards else spec.chunk
             start = _align(int(extent[spec.path]), unit)
             pos = start
-            for i, r in enumerate(records):
-                a = metas[i] if spec.path == "meta" else r.arrays.get(spec.path)
-                if a is None or a.size == 0:
+            for i, (flats, _) in enumerate(stored):
+                flat = flats[fi]
+                if flat is None:
                     continue
-                if spec.frame_dtype is not None and not (
-                    a.dtype == np.uint8 and a.ndim == 1 and r.framed
-                ):
-                    a = encode_frame(a, spec.frame_dtype)
-                flat = np.ascontiguousarray(a, dtype=spec.dtype).reshape(-1)
                 rows[i, 4 + 2 * fi] = pos
                 rows[i, 5 + 2 * fi] = flat.size
-                crc[i] = zlib.crc32(flat.data, int(crc[i]))
                 parts.append(flat)
                 pos += flat.size
             if not parts:
@@ -432,7 +496,6 @@ class StoreWriter:
             if hashes is not None:
                 hashes[spec.path].update(data)
             extent[spec.path] = pos
-        rows[:, 3] = crc
         if n:
             if self._index.shape[0] < n0 + n:
                 grown = max(n0 + n, 2 * int(self._index.shape[0]))

@@ -211,7 +211,11 @@ class CocoInstancesConverter(AnnotationFileConverter):
             seg = a["seg"]
             try:
                 if isinstance(seg, list):
-                    r = rle.polygons_to_rle(seg, h, w, image_id=item.item_id, ann_id=a["id"])
+                    # counts straight to paint_label_map: no compressed string to parse again
+                    counts = rle.polygons_to_counts(
+                        seg, h, w, image_id=item.item_id, ann_id=a["id"]
+                    )
+                    r: dict[str, Any] = {"size": [h, w], "counts": counts}
                 elif isinstance(seg.get("counts"), list):
                     # uncompressed counts go to paint_label_map as they are (validated there);
                     # no round trip through a compressed string
