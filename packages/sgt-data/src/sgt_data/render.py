@@ -237,6 +237,8 @@ def _adjacency_kernel() -> Any:
 _TABLE_LABELS: Final = 1024
 #: ``present`` flags are collected up to this label value; beyond, ids come from ``np.unique``
 _PRESENT_LABELS: Final = 1 << 22
+#: from this label value on, pair codes ``lo * k1 + hi`` could overflow int64
+_CODE_LABELS: Final = 1 << 31
 
 
 def _scan(labels: Labels, radius: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -244,8 +246,18 @@ def _scan(labels: Labels, radius: int) -> tuple[NDArray[np.int64], NDArray[np.in
     along a row or column, checked at offsets 1, 2, 4, ... <= radius; the non-zero labels
     present), in one pass over the runs of the map."""
     lab = np.ascontiguousarray(labels)
-    if lab.dtype.kind not in "iu" or lab.dtype.itemsize > 8:
-        raise RenderError(f"expected an integer label map, got {lab.dtype}")
+    if lab.dtype.kind not in "iu" or lab.dtype.itemsize > 8 or lab.ndim != 2:
+        raise RenderError(f"expected an HxW integer label map, got {lab.dtype} {lab.shape}")
+    if lab.size and lab.dtype.kind == "i" and int(lab.min()) < 0:
+        raise RenderError("label maps must be non-negative")
+    if lab.size and int(lab.max()) >= _CODE_LABELS:
+        # pair codes lo * k1 + hi would overflow int64: scan the ranks of the labels (same order)
+        uniq, inverse = np.unique(lab, return_inverse=True)
+        if uniq[0] != 0:
+            uniq = np.concatenate([np.zeros(1, uniq.dtype), uniq])
+            inverse = inverse + 1
+        rank_pairs, rank_ids = _scan(inverse.reshape(lab.shape).astype(np.int64), radius)
+        return uniq[rank_pairs].astype(np.int64), uniq[rank_ids].astype(np.int64)
     if lab.dtype == np.uint64:
         lab = lab.astype(np.int64)
     h, w = lab.shape
