@@ -1,6 +1,6 @@
 """The instance palette's neighbour scan (``render._scan``: a compiled pass over the runs of equal
-labels) returns exactly the pairs and ids of its reference implementation (kept here, run as plain
-Python, so that a replacement kernel must match it) and of the definition (every pixel against
+labels) returns exactly the pairs and ids of the same kernel interpreted as plain Python (a
+replacement kernel must keep the old one here as its reference) and of the definition (every pixel against
 the pixels 1, 2, 4, ... <= radius to its right and below), on random maps and edge cases: 1xN,
 Nx1, all background, one label, > 255 and > 1024 labels, labels at the borders, labels >= 2**31,
 every integer dtype."""
@@ -8,6 +8,7 @@ every integer dtype."""
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,137 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from sgt_data import render
 from sgt_data.errors import RenderError
 from sgt_data.render import InstanceRenderer, _scan
 
 Labels = NDArray[np.integer[Any]]
 
 
-def _reference_runs(
-    flat: NDArray[Any],
-    changes: NDArray[np.int64],
-    h: int,
-    w: int,
-    offsets: NDArray[np.int64],
-    k1: int,
-    seen: NDArray[np.bool_],
-    present: NDArray[np.bool_],
-) -> NDArray[np.int64]:
-    """Mark the pairs of different non-zero labels at the given row/column offsets, working on
-    the runs of equal labels of each row instead of on pixels: horizontal pairs can only cross a
-    run boundary, and two rows ``d`` apart are compared run against overlapping run.
-    ``changes``: the sorted flat positions p >= 1 where ``flat[p] != flat[p - 1]``. Pair codes
-    ``lo * k1 + hi`` go into the table ``seen`` when it is non-empty, else into the returned
-    array (unsorted, with repeats); ``present`` (if non-empty) marks every label seen."""
-    cap = changes.size + h + 1
-    starts = np.empty(cap, dtype=np.int64)
-    labs = np.empty(cap, dtype=np.int64)
-    row_off = np.empty(h + 1, dtype=np.int64)
-    n = 0
-    ci = 0
-    for y in range(h):
-        row_off[y] = n
-        base = y * w
-        starts[n] = 0
-        labs[n] = np.int64(flat[base])
-        n += 1
-        while ci < changes.size and changes[ci] <= base:
-            ci += 1  # a change at the row start is the row's first run
-        while ci < changes.size and changes[ci] < base + w:
-            starts[n] = changes[ci] - base
-            labs[n] = np.int64(flat[changes[ci]])
-            n += 1
-            ci += 1
-    row_off[h] = n
-    if present.size:
-        for i in range(n):
-            present[labs[i]] = True
-    use_table = seen.size > 0
-    codes: list[int] = []
-    max_d = np.int64(0)
-    for d in offsets:
-        max_d = max(max_d, d)
-    # along rows: run i (label a) and a later run j (label b) hold a pair at distance d when
-    # [s_i + d, e_i + d) overlaps [s_j, e_j)
-    for y in range(h):
-        r0, r1 = row_off[y], row_off[y + 1]
-        for i in range(r0, r1):
-            a = labs[i]
-            if a == 0:
-                continue
-            s_i = starts[i]
-            e_i = starts[i + 1] if i + 1 < r1 else w
-            j = i + 1
-            while j < r1 and starts[j] < e_i + max_d:
-                b = labs[j]
-                if b != 0 and b != a:
-                    s_j = starts[j]
-                    e_j = starts[j + 1] if j + 1 < r1 else w
-                    for d in offsets:
-                        if s_i + d < e_j and s_j < e_i + d:
-                            c = min(a, b) * k1 + max(a, b)
-                            if use_table:
-                                seen[c] = True
-                            else:
-                                codes.append(c)
-                            break
-                j += 1
-    # along columns: rows y and y + d, run against overlapping run
-    for d in offsets:
-        for y in range(h - d):
-            p, pe = row_off[y], row_off[y + 1]
-            q, qe = row_off[y + d], row_off[y + d + 1]
-            while p < pe and q < qe:
-                a, b = labs[p], labs[q]
-                if a != b and a != 0 and b != 0:
-                    c = min(a, b) * k1 + max(a, b)
-                    if use_table:
-                        seen[c] = True
-                    else:
-                        codes.append(c)
-                end_p = starts[p + 1] if p + 1 < pe else w
-                end_q = starts[q + 1] if q + 1 < qe else w
-                if end_p <= end_q:
-                    p += 1
-                if end_q <= end_p:
-                    q += 1
-    out = np.empty(len(codes), dtype=np.int64)
-    for k in range(len(codes)):
-        out[k] = codes[k]
-    return out
-
-
 def _reference_scan(labels: Labels, radius: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(Pairs (a, b), a < b, of non-zero labels that come within ``radius`` pixels of each other
-    along a row or column, checked at offsets 1, 2, 4, ... <= radius; the non-zero labels
-    present), in one pass over the runs of the map."""
-    lab = np.ascontiguousarray(labels)
-    if lab.dtype.kind not in "iu" or lab.dtype.itemsize > 8:
-        raise RenderError(f"expected an integer label map, got {lab.dtype}")
-    if lab.dtype == np.uint64:
-        lab = lab.astype(np.int64)
-    h, w = lab.shape
-    k1 = int(lab.max()) + 1 if lab.size else 1
-    offsets = np.array(
-        [1 << i for i in range(max(radius, 1).bit_length()) if 1 << i <= radius], dtype=np.int64
-    )
-    offsets = offsets[offsets < max(h, w)]
-    seen = np.zeros(k1 * k1 if k1 <= 1024 else 0, dtype=bool)
-    present = np.zeros(k1 if k1 <= (1 << 22) else 0, dtype=bool)
-    if lab.size:
-        flat = lab.reshape(-1)
-        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        codes = _reference_runs(flat, changes, h, w, offsets, k1, seen, present)
-    else:
-        codes = np.empty(0, dtype=np.int64)
-    allc = np.flatnonzero(seen).astype(np.int64) if seen.size else np.unique(codes)
-    pairs = np.stack([allc // k1, allc % k1], axis=1)
-    if present.size:
-        ids = np.flatnonzero(present[1:]).astype(np.int64) + 1
-    else:
-        uniq = np.unique(lab)
-        ids = np.asarray(uniq[uniq > 0], dtype=np.int64)
-    return pairs, ids
+    """``_scan`` with its kernel interpreted as plain Python (the uncompiled ``_adjacency_runs``)."""
+    with mock.patch.object(render, "_adjacency_kernel", return_value=render._adjacency_runs):
+        return render._scan(labels, radius)
 
 
 def _definition(labels: Labels, radius: int) -> tuple[set[tuple[int, int]], list[int]]:

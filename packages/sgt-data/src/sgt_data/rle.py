@@ -714,9 +714,9 @@ def _polygon(
     return np.ascontiguousarray(xy)
 
 
-def _polygon_rle_fast(p: object, h: int, w: int) -> RLEDict | None:
-    """The compressed RLE of one well-formed polygon in one kernel call; None when the
-    polygon is malformed in any way (the validating path then names the problem)."""
+def _polygon_xy_fast(p: object) -> npt.NDArray[np.float64] | None:
+    """One polygon's flat float64 coordinates for the one-call kernels; None when it is not a
+    flat sequence of at least three points (the validating path then names the problem)."""
     if type(p) is np.ndarray:
         if p.dtype != np.float64 or p.ndim != 1:
             return None
@@ -731,6 +731,15 @@ def _polygon_rle_fast(p: object, h: int, w: int) -> RLEDict | None:
     else:
         return None
     if xy.shape[0] < 6 or xy.shape[0] % 2:
+        return None
+    return xy
+
+
+def _polygon_rle_fast(p: object, h: int, w: int) -> RLEDict | None:
+    """The compressed RLE of one well-formed polygon in one kernel call; None when the
+    polygon is malformed in any way (the validating path then names the problem)."""
+    xy = _polygon_xy_fast(p)
+    if xy is None:
         return None
     status, chars = _k().polygon_string(xy, h, w, _MAX_COORD, _MAX_POLY_STEPS)
     if status:
@@ -741,20 +750,8 @@ def _polygon_rle_fast(p: object, h: int, w: int) -> RLEDict | None:
 def _polygon_counts_fast(p: object, h: int, w: int) -> npt.NDArray[np.int64] | None:
     """The counts of one well-formed polygon in one kernel call; None when the polygon is
     malformed in any way (the validating path then names the problem)."""
-    if type(p) is np.ndarray:
-        if p.dtype != np.float64 or p.ndim != 1:
-            return None
-        xy = p
-    elif type(p) is list or type(p) is tuple:
-        try:
-            xy = np.array(p, dtype=np.float64)
-        except (ValueError, TypeError):
-            return None
-        if xy.ndim != 1:
-            return None
-    else:
-        return None
-    if xy.shape[0] < 6 or xy.shape[0] % 2:
+    xy = _polygon_xy_fast(p)
+    if xy is None:
         return None
     status, counts = _k().polygon_counts(xy, h, w, _MAX_COORD, _MAX_POLY_STEPS)
     return None if status else counts
