@@ -35,6 +35,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from sgt_data._shards import ShardLayout, encode_shards, write_file
 from sgt_data.errors import StoreError
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, StoreManifest, TaskKind, Turn
 
@@ -53,7 +54,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-LAYOUT_VERSION: Final = 1
+LAYOUT_VERSION: Final = 2
+#: layouts this reader opens: 1 (sgt-data < 0.4: whole-batch sha256 digests) and 2
+_READABLE_LAYOUTS: Final = (1, 2)
 MANIFEST_FILE: Final = "manifest.json"
 JOURNAL_FILE: Final = "_sgt_progress.json"
 
@@ -273,9 +276,39 @@ def _samples_digest(arr: Any, offsets: NDArray[np.int64], lengths: NDArray[np.in
     return h.hexdigest()
 
 
+def _sample_sha_digest(
+    arr: Any, offsets: NDArray[np.int64], lengths: NDArray[np.int64]
+) -> str:
+    """sha256 of the concatenated sha256 digests of the samples' bytes in index order (absent
+    samples left out); contiguous samples are read together, about a shard at a time."""
+    h = hashlib.sha256()
+    step = arr.shards[0] if arr.shards is not None else arr.chunks[0]
+    keep = lengths > 0
+    offs, lens = offsets[keep].tolist(), lengths[keep].tolist()
+    i = 0
+    while i < len(offs):
+        lo = offs[i]
+        j = i + 1
+        hi = lo + lens[i]
+        # the following samples that continue this run, up to about a shard of bytes
+        while j < len(offs) and offs[j] == hi and hi + lens[j] - lo <= step:
+            hi += lens[j]
+            j += 1
+        block = np.ascontiguousarray(arr[lo:hi])
+        for k in range(i, j):
+            a = offs[k] - lo
+            h.update(hashlib.sha256(block[a : a + lens[k]]).digest())
+        i = j
+    return h.hexdigest()
+
+
 #: how a store's flat-array checksums are defined (``zarr.json`` attribute ``sgt.digest``):
-#: "samples" = sha256 of the samples' bytes in index order (batches start on shard boundaries,
-#: so the arrays hold unwritten gaps); absent = sha256 of the whole array (layout before 0.2)
+#: "sample-sha256" (layout 2) = sha256 of the concatenated sha256 digests of each sample's bytes,
+#: in index order (each sample's digest computed where it is encoded, in parallel; the writer
+#: only chains 32 bytes per sample); "samples" (layout 1) = sha256 of the samples' bytes in
+#: index order; absent = sha256 of the whole array (before 0.2). Batches start on shard
+#: boundaries, so the arrays hold unwritten gaps that none of these covers
+_DIGEST_SAMPLE_SHA: Final = "sample-sha256"
 _DIGEST_SAMPLES: Final = "samples"
 
 
@@ -291,7 +324,13 @@ def _field_digests(
     for spec in fields:
         if spec.path not in arrays:
             continue
-        if method == _DIGEST_SAMPLES:
+        if method == _DIGEST_SAMPLE_SHA:
+            out[spec.path] = _sample_sha_digest(
+                arrays[spec.path],
+                index[:, col[f"{spec.path}.offset"]],
+                index[:, col[f"{spec.path}.length"]],
+            )
+        elif method == _DIGEST_SAMPLES:
             out[spec.path] = _samples_digest(
                 arrays[spec.path],
                 index[:, col[f"{spec.path}.offset"]],
@@ -302,6 +341,80 @@ def _field_digests(
     return out
 
 
+#: the folder (in the store) where batches are encoded before their commit moves them in place
+STAGING_DIR: Final = "_staging"
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """A batch of samples encoded into shard files under ``directory`` (e.g. by a conversion
+    worker), ready to be moved into place by :meth:`StoreWriter.commit`."""
+
+    directory: str
+    #: per sample: height, width, task bits, crc32, then each field's stored length (0: absent)
+    rows: NDArray[np.int64]
+    #: per field: its samples' sha256 digests concatenated (absent samples left out)
+    digests: tuple[bytes, ...]
+    #: per field: the number of shard files staged as ``<field #>.<shard #>`` (or one
+    #: ``<field #>.npy`` of raw data where the array's encoding is written through zarr)
+    shards: tuple[int, ...]
+    #: samples per task kind (``TaskKind`` values)
+    task_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class BatchStager:
+    """Encodes a batch of records for one store into staged shard files. Picklable, and needs
+    no open zarr handle: conversion workers stage their batches in parallel, and the writer's
+    serial commit only renames files."""
+
+    fields: tuple[FieldSpec, ...]
+    layouts: tuple[ShardLayout | None, ...]
+    root: str
+
+    def stage(self, records: Sequence[SampleRecord], name: str) -> StagedBatch:
+        """Encode ``records`` (in order) into the staging folder ``name`` (replacing it)."""
+        out = Path(self.root) / name
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        paths = tuple(f.path for f in self.fields)
+        nf = len(self.fields)
+        rows = np.zeros((len(records), 4 + nf), dtype=np.int64)
+        stored: list[Sequence[NDArray[Any] | None]] = []
+        counts: dict[str, int] = {}
+        for i, r in enumerate(records):
+            if r.sealed is not None and r.sealed[0] == paths:
+                flats, crc = r.sealed[1:]
+            else:  # (not sealed ahead: merge, or a caller's own records)
+                flats, crc = _stored_form(r, self.fields)
+            rows[i, 0:4] = (r.height, r.width, _task_bits(r.tasks), crc)
+            stored.append(flats)
+            for t in {t for t, _ in r.tasks}:
+                counts[t.value] = counts.get(t.value, 0) + 1
+        digests: list[bytes] = []
+        shards: list[int] = []
+        for fi, layout in enumerate(self.layouts):
+            parts = [flats[fi] for flats in stored if flats[fi] is not None]
+            for i, flats in enumerate(stored):
+                flat = flats[fi]
+                rows[i, 4 + fi] = 0 if flat is None else flat.size
+            digests.append(b"".join(hashlib.sha256(a).digest() for a in parts))  # type: ignore[arg-type]
+            if not parts:
+                shards.append(0)
+                continue
+            data = np.concatenate(parts)  # type: ignore[arg-type]
+            if layout is None:
+                np.save(out / f"{fi}.npy", data)
+                shards.append(-1)
+                continue
+            files = encode_shards(data, layout)
+            for r, bufs in enumerate(files):
+                write_file(out / f"{fi}.{r}", bufs)
+            shards.append(len(files))
+        return StagedBatch(str(out), rows, tuple(digests), tuple(shards), counts)
+
+
 class StoreWriter:
     """Writes a store batch by batch; re-opening an unfinished store with the same fingerprint resumes it."""
 
@@ -310,22 +423,26 @@ class StoreWriter:
         self._journal = journal
         self._fields = [FieldSpec(**f) for f in journal["fields"]]
         self._columns = _columns(self._fields)
-        # "shard": every batch starts on a shard boundary of every flat array, so no batch
-        # rewrites a shard holding committed data (zarr rewrites a whole shard on a partial
-        # write); journals of stores started before that have no key and align to chunks
-        self._align_shards = journal.get("align") == "shard"
         self._group = _zarr().open_group(str(path), mode="r+")
         # writes always cover fresh chunks, so skip zarr's per-chunk "all fill value?" scan
         # (an all-zero chunk is then stored rather than left out; the values read are the same)
         cfg = {"write_empty_chunks": True}
         self._arrays = {f.path: self._group[f.path].with_config(cfg) for f in self._fields}
         self._index = self._group["index"].with_config(cfg)
+        # batches on shard boundaries fill fresh shard files: written directly (byte-identical
+        # to zarr's, a third of the CPU); another encoding goes through zarr
+        self._layouts = {k: ShardLayout.of(a) for k, a in self._arrays.items()}
+        self._stager = BatchStager(
+            tuple(self._fields),
+            tuple(self._layouts[f.path] for f in self._fields),
+            str(path / STAGING_DIR),
+        )
         # sha256 of each flat array's samples, fed batch by batch, when this writer saw every
         # batch (a fresh store); a resumed store's digests are read back from disk at finish
         self._hashes: dict[str, Any] | None = (
             {f.path: hashlib.sha256() for f in self._fields}
             if int(journal["samples"]) == 0
-            and self._group.attrs["sgt"].get("digest") == _DIGEST_SAMPLES
+            and self._group.attrs["sgt"].get("digest") == _DIGEST_SAMPLE_SHA
             else None
         )
 
@@ -354,6 +471,12 @@ class StoreWriter:
             shutil.rmtree(root)
         if journal_path.exists():
             journal = json.loads(journal_path.read_text(encoding="utf-8"))
+            if journal.get("layout", 1) != LAYOUT_VERSION:
+                raise StoreError(
+                    f"{root}: the unfinished store was started by an sgt-data with store layout "
+                    f"{journal.get('layout', 1)}, this one writes layout {LAYOUT_VERSION}; "
+                    "convert again with --overwrite (or into another --out)"
+                )
             old_fp = journal.get("fingerprint")
             relax = dict(resumable_from or {})
             if isinstance(old_fp, dict):  # the relaxed keys compare equal from their old value
@@ -406,7 +529,7 @@ class StoreWriter:
             "fields": [f.as_json() for f in fields],
             "task_bits": {f"{t.value}/{v or ''}": b for (t, v), b in TASK_BITS.items()},
             "batch_align": "shard",
-            "digest": _DIGEST_SAMPLES,
+            "digest": _DIGEST_SAMPLE_SHA,
         }
         journal = {
             "name": name,
@@ -420,6 +543,7 @@ class StoreWriter:
             "task_counts": {},
             "finished": False,
             "align": "shard",
+            "layout": LAYOUT_VERSION,
         }
         _atomic_write_text(journal_path, json.dumps(journal))
         return cls(root, journal)
@@ -444,6 +568,12 @@ class StoreWriter:
         """Samples per committed batch (the last may hold fewer)."""
         return int(self._journal["batch_size"])
 
+    @property
+    def stager(self) -> BatchStager:
+        """What encodes batches for this store (picklable: conversion workers stage batches
+        themselves, and :meth:`commit` only moves their files into place)."""
+        return self._stager
+
     def write_batch(
         self,
         records: Sequence[SampleRecord],
@@ -453,58 +583,68 @@ class StoreWriter:
         """Write ``records`` after the committed samples, then commit them with the items they consumed."""
         if self.finished:
             raise StoreError(f"{self.path}: store is finished; cannot add samples")
+        self.commit(self._stager.stage(records, "direct"), items_consumed, skipped)
+
+    def commit(
+        self,
+        staged: StagedBatch,
+        items_consumed: int,
+        skipped: Sequence[SkippedItem] = (),
+    ) -> None:
+        """Move a staged batch's shard files after the committed samples, index them and commit
+        them with the items they consumed (batches must be committed in order)."""
+        if self.finished:
+            raise StoreError(f"{self.path}: store is finished; cannot add samples")
         j = self._journal
         n0 = int(j["samples"])
-        n = len(records)
+        n = len(staged.rows)
+        nf = len(self._fields)
         rows = np.zeros((n, len(self._columns)), dtype=np.int64)
-        paths = tuple(f.path for f in self._fields)
-        stored: list[tuple[Sequence[NDArray[Any] | None], int]] = [
-            r.sealed[1:]
-            if r.sealed is not None and r.sealed[0] == paths
-            # (not sealed ahead: merge, or a caller's own records)
-            else _stored_form(r, self._fields)
-            for r in records
-        ]
-        for i, r in enumerate(records):
-            rows[i, 0:4] = (r.height, r.width, _task_bits(r.tasks), stored[i][1])
+        rows[:, 0:4] = staged.rows[:, 0:4]
         extent = dict(j["extent"])
         hashes = (
             {k: h.copy() for k, h in self._hashes.items()} if self._hashes is not None else None
         )
+        src = Path(staged.directory)
         for fi, spec in enumerate(self._fields):
-            parts: list[NDArray[Any]] = []
-            unit = spec.chunk * spec.chunks_per_shard if self._align_shards else spec.chunk
-            start = _align(int(extent[spec.path]), unit)
-            pos = start
-            for i, (flats, _) in enumerate(stored):
-                flat = flats[fi]
-                if flat is None:
-                    continue
-                rows[i, 4 + 2 * fi] = pos
-                rows[i, 5 + 2 * fi] = flat.size
-                parts.append(flat)
-                pos += flat.size
-            if not parts:
+            lengths = staged.rows[:, 4 + fi]
+            total = int(lengths.sum())
+            if total == 0:
                 continue
+            unit = spec.chunk * spec.chunks_per_shard
+            start = _align(int(extent[spec.path]), unit)
+            present = lengths > 0
+            ends = start + np.cumsum(lengths)
+            rows[present, 4 + 2 * fi] = (ends - lengths)[present]
+            rows[:, 5 + 2 * fi] = lengths
+            pos = start + total
             arr = self._arrays[spec.path]
             if arr.shape[0] < pos:
                 # grow by whole shards, geometrically (each resize rewrites the array's
                 # metadata, and every batch starts a shard further on); finish() trims
                 arr.resize((max(_align(pos, unit), 2 * int(arr.shape[0])),))
-            data = np.concatenate(parts)
-            arr[start:pos] = data
+            layout = self._layouts[spec.path]
+            if layout is not None:
+                first = start // layout.shard
+                target = self.path / spec.path
+                for r in range(staged.shards[fi]):
+                    dest = target / layout.key(first + r)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src / f"{fi}.{r}", dest)
+            else:
+                arr[start:pos] = np.load(src / f"{fi}.npy")
             if hashes is not None:
-                hashes[spec.path].update(data)
+                hashes[spec.path].update(staged.digests[fi])
             extent[spec.path] = pos
+        assert staged.rows.shape[1] == 4 + nf
         if n:
             if self._index.shape[0] < n0 + n:
                 grown = max(n0 + n, 2 * int(self._index.shape[0]))
                 self._index.resize((grown, len(self._columns)))
             self._index[n0 : n0 + n] = rows
         counts = dict(j["task_counts"])
-        for r in records:
-            for t in {t for t, _ in r.tasks}:
-                counts[t.value] = counts.get(t.value, 0) + 1
+        for t, c in staged.task_counts.items():
+            counts[t] = counts.get(t, 0) + c
         j.update(
             items_done=int(items_consumed),
             samples=n0 + n,
@@ -514,6 +654,7 @@ class StoreWriter:
         )
         _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j))
         self._hashes = hashes
+        shutil.rmtree(src, ignore_errors=True)
 
     def finish(
         self,
@@ -564,6 +705,7 @@ class StoreWriter:
         _atomic_write_text(self.path / MANIFEST_FILE, manifest.model_dump_json(indent=2))
         j["finished"] = True
         _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j))
+        shutil.rmtree(self.path / STAGING_DIR, ignore_errors=True)
         return manifest
 
 
@@ -573,7 +715,9 @@ def _fp_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 def _remove_partials(root: Path) -> None:
-    """Delete temporary files an interrupted writer left (zarr's ``*.partial``, our ``.*.tmp``)."""
+    """Delete temporary files an interrupted writer left (zarr's ``*.partial``, our ``.*.tmp``,
+    batches staged but not committed)."""
+    shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
     for p in root.rglob("*"):
         if p.is_file() and (
             p.name.endswith(".partial") or (p.name.startswith(".") and p.name.endswith(".tmp"))
@@ -635,9 +779,10 @@ class SampleStore:
             layout = group_meta["attributes"]["sgt"]
         except (OSError, KeyError, ValueError) as exc:
             raise StoreError(f"{root}: zarr.json lacks the sgt layout attributes: {exc}") from exc
-        if layout.get("layout_version") != LAYOUT_VERSION:
+        if layout.get("layout_version") not in _READABLE_LAYOUTS:
             raise StoreError(
-                f"{root}: layout version {layout.get('layout_version')} != {LAYOUT_VERSION}"
+                f"{root}: layout version {layout.get('layout_version')}; this sgt-data reads "
+                f"{', '.join(map(str, _READABLE_LAYOUTS))}"
             )
         return cls(root, manifest, layout)
 

@@ -1,0 +1,72 @@
+"""Shard files written without zarr must be the files zarr writes, byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import ShardingCodec, ZstdCodec
+
+from sgt_data._shards import ShardLayout, encode_shards, write_file
+
+
+def _pair(tmp: Path, dtype: str, level: int | None) -> tuple[object, object]:
+    kw = {
+        "shape": (160,),
+        "dtype": dtype,
+        "chunks": (8,),
+        "shards": (32,),
+        "fill_value": 0,
+        "compressors": ZstdCodec(level=level) if level else None,
+    }
+    by_zarr = zarr.open_group(str(tmp / "z"), mode="w").create_array("a", **kw)
+    ours = zarr.open_group(str(tmp / "o"), mode="w").create_array("a", **kw)
+    return by_zarr.with_config({"write_empty_chunks": True}), ours
+
+
+@pytest.mark.parametrize("level", [None, 3])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int64"])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 31, 32, 33, 64, 70, 96])
+def test_shards_are_byte_identical_to_zarrs(
+    tmp_path: Path, dtype: str, level: int | None, n: int
+) -> None:
+    by_zarr, ours = _pair(tmp_path, dtype, level)
+    rng = np.random.default_rng(n)
+    # low-entropy data for odd sizes (zstd compresses), random for even ones; zeros included
+    data = rng.integers(0, 4 if n % 2 else 200, n).astype(dtype)
+    by_zarr[32 : 32 + n] = data  # type: ignore[index]
+    layout = ShardLayout.of(ours)
+    assert layout is not None
+    assert layout.shard == 32
+    for r, bufs in enumerate(encode_shards(data, layout)):
+        path = tmp_path / "o" / "a" / layout.key(1 + r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, bufs)
+    z_files = sorted(p.relative_to(tmp_path / "z") for p in (tmp_path / "z").rglob("c/*"))
+    o_files = sorted(p.relative_to(tmp_path / "o") for p in (tmp_path / "o").rglob("c/*"))
+    assert z_files == o_files
+    for f in z_files:
+        assert (tmp_path / "z" / f).read_bytes() == (tmp_path / "o" / f).read_bytes(), f
+    np.testing.assert_array_equal(ours[32 : 32 + n], data)  # type: ignore[index]
+
+
+def test_other_encodings_are_left_to_zarr(tmp_path: Path) -> None:
+    g = zarr.open_group(str(tmp_path), mode="w")
+    start_index = g.create_array(
+        "s",
+        shape=(64,),
+        dtype="uint8",
+        chunks=(64,),
+        serializer=ShardingCodec(chunk_shape=(8,), index_location="start"),
+        compressors=None,
+        fill_value=0,
+    )
+    unsharded = g.create_array("u", shape=(64,), dtype="uint8", chunks=(8,), fill_value=0)
+    nonzero_fill = g.create_array(
+        "f", shape=(64,), dtype="uint8", chunks=(8,), shards=(32,), fill_value=7
+    )
+    two_d = g.create_array("t", shape=(8, 8), dtype="uint8", chunks=(2, 8), shards=(4, 8))
+    for arr in (start_index, unsharded, nonzero_fill, two_d):
+        assert ShardLayout.of(arr) is None, arr
