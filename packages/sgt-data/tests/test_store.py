@@ -188,10 +188,13 @@ def test_plain_zarr_can_read_the_store(reference: Path) -> None:
         Image.open(io.BytesIO(np.asarray(g["image"][off : off + n]).tobytes())).convert("RGB")
     )
     off, n = int(row[cols["labels/segments.offset"]]), int(row[cols["labels/segments.length"]])
-    # label maps: one zstd frame per sample (any zstd decoder), dtype in the layout attributes
-    frame = np.asarray(g["labels/segments"][off : off + n]).tobytes()
+    # label maps: one zstd frame per sample (any zstd decoder), dtype in the layout attributes,
+    # or uint8 when the frame holds exactly h x w bytes (every value < 256)
+    frame = Zstd().decode(np.asarray(g["labels/segments"][off : off + n]).tobytes())
     dtype = next(f["frame_dtype"] for f in layout["fields"] if f["path"] == "labels/segments")
-    labels = np.frombuffer(Zstd().decode(frame), dtype=dtype).reshape(h, w)
+    assert dtype == "uint16"
+    assert len(frame) == h * w, "this sample's few segments are stored narrow"
+    labels = np.frombuffer(frame, dtype="uint8" if len(frame) == h * w else dtype).reshape(h, w)
     s = SampleStore.open(reference)
     np.testing.assert_array_equal(img, s.read_image(3))
     np.testing.assert_array_equal(labels, s.read_label_map(3, TaskKind.SEGMENTATION, "instance"))
@@ -248,3 +251,20 @@ def test_reader_works_in_forked_workers(reference: Path) -> None:
         got = pool.map(_read_in_worker, [(store, i) for i in range(len(store))])
     assert got == expected
     assert os.getpid() == store._pid
+
+
+@pytest.mark.parametrize("top", [0, 255, 256, 65535])
+def test_label_frames_are_stored_narrow_only_when_every_value_fits(top: int) -> None:
+    from sgt_data.store import _decode_frame, encode_frame
+
+    labels = np.zeros((6, 7), dtype=np.uint16)
+    labels[2:4, 1:6] = top
+    labels[5, 6] = 1
+    frame = encode_frame(labels, "uint16")
+    stored = Zstd().decode(frame.tobytes())
+    assert len(stored) == labels.size * (1 if top < 256 else 2)
+    back = _decode_frame(frame, "uint16", labels.size)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back.reshape(labels.shape), labels)
+    # a frame of another size than h x w values of either width is damage, not data
+    assert _decode_frame(frame, "uint16", labels.size + 1).size != labels.size + 1

@@ -20,6 +20,7 @@ whatever an interrupted batch left behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -108,18 +109,31 @@ def label_field(path: str, dtype: str) -> FieldSpec:
 _FRAME_LEVEL: Final = 3
 
 
+@functools.cache
+def _zstd(level: int) -> Any:
+    from numcodecs import Zstd
+
+    return Zstd(level=level)
+
+
 def encode_frame(a: NDArray[Any], dtype: str) -> NDArray[np.uint8]:
-    """One sample's label map as a zstd frame (the stored form of label fields)."""
-    from numcodecs import Zstd
-
+    """One sample's label map as a zstd frame (the stored form of label fields): its values as
+    ``dtype``, row-major, or (store layout 2) as uint8 when ``dtype`` is a wider unsigned type
+    and every value is below 256 (half the bytes to compress; a reader tells the two apart by
+    the decompressed size: height x width bytes means uint8)."""
     raw = np.ascontiguousarray(a, dtype=dtype)
-    return np.frombuffer(Zstd(level=_FRAME_LEVEL).encode(raw), dtype=np.uint8)
+    if raw.dtype.kind == "u" and raw.dtype.itemsize > 1 and raw.size and int(raw.max()) < 256:
+        raw = raw.astype(np.uint8)
+    return np.frombuffer(_zstd(_FRAME_LEVEL).encode(raw), dtype=np.uint8)
 
 
-def _decode_frame(b: NDArray[np.uint8], dtype: str) -> NDArray[Any]:
-    from numcodecs import Zstd
-
-    return np.frombuffer(Zstd().decode(b.tobytes()), dtype=dtype)
+def _decode_frame(b: NDArray[np.uint8], dtype: str, size: int) -> NDArray[Any]:
+    """The ``size`` values of a label-map frame as ``dtype`` (see :func:`encode_frame`)."""
+    out = _zstd(0).decode(b.tobytes())
+    dt = np.dtype(dtype)
+    if dt.itemsize > 1 and len(out) == size:  # stored narrow
+        return np.frombuffer(out, dtype=np.uint8).astype(dt)
+    return np.frombuffer(out, dtype=dt)
 
 
 #: per-process reader caches: chunk-aligned blocks of ``meta`` (64 KiB each), parsed records
@@ -276,9 +290,7 @@ def _samples_digest(arr: Any, offsets: NDArray[np.int64], lengths: NDArray[np.in
     return h.hexdigest()
 
 
-def _sample_sha_digest(
-    arr: Any, offsets: NDArray[np.int64], lengths: NDArray[np.int64]
-) -> str:
+def _sample_sha_digest(arr: Any, offsets: NDArray[np.int64], lengths: NDArray[np.int64]) -> str:
     """sha256 of the concatenated sha256 digests of the samples' bytes in index order (absent
     samples left out); contiguous samples are read together, about a shard at a time."""
     h = hashlib.sha256()
@@ -904,9 +916,10 @@ class SampleStore:
         if raw is None:
             raise KeyError(f"{self.path}: sample {index} has no label map {name!r}")
         spec = self._field[path]
+        shape = self.image_shape(index)
         if spec.frame_dtype is not None:
-            raw = _decode_frame(raw, spec.frame_dtype)
-        return raw.reshape(self.image_shape(index))
+            raw = _decode_frame(raw, spec.frame_dtype, shape[0] * shape[1])
+        return raw.reshape(shape)
 
     def _renderer(self, name: str) -> Any:
         r = self._renderers.get(name)
@@ -1114,8 +1127,8 @@ def verify_store(path: str | os.PathLike[str]) -> list[str]:
                     continue
                 crc = zlib.crc32(np.ascontiguousarray(raw).tobytes(), crc)
                 if f.frame_dtype is not None:
-                    n = _decode_frame(raw, f.frame_dtype).size
                     h, w = store.image_shape(i)
+                    n = _decode_frame(raw, f.frame_dtype, h * w).size
                     if n != h * w:
                         bad_samples.append(
                             f"sample {i}: {f.path} holds {n} values, image is {h}x{w}"

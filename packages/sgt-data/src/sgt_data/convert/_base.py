@@ -39,9 +39,11 @@ from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, StoreManifest
 from sgt_data.store import (
     LAYOUT_VERSION,
     MANIFEST_FILE,
+    BatchStager,
     FieldSpec,
     SampleRecord,
     SampleStore,
+    StagedBatch,
     StoreWriter,
     label_field,
     seal_record,
@@ -61,9 +63,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _BYTESIO_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-
-#: most items per range sent to a worker
-_MAX_CHUNK = 8
 
 Progress = Callable[[int, int], None]
 SourceFormat = Literal["coco", "coco-panoptic", "coco-stuff", "sa1b", "vqa", "captions"]
@@ -487,8 +486,7 @@ class _Crash:
 def _process(conv: Converter, item: WorkItem) -> SampleRecord | _Bad:
     try:
         rec = conv.process(item)
-        # compress label maps, serialise metadata and checksum here, in the worker: parallel,
-        # 50x less to send to the writer, and less serial work for the writer
+        # compress label maps, serialise metadata and checksum here, in the worker
         seal_record(rec, conv.fields())
         return rec
     except ConversionError as exc:
@@ -497,71 +495,117 @@ def _process(conv: Converter, item: WorkItem) -> SampleRecord | _Bad:
         return _Bad(item.item_id, item.file, str(exc))
 
 
-def _worker_loop(conn: Connection, conv: Converter, items: Sequence[WorkItem]) -> None:
-    """A worker process: convert the index ranges the parent sends, send back each range's
-    results in one message, stop at ``None``."""
+@dataclass(frozen=True)
+class _BatchOut:
+    """A converted batch of items: staged for its commit, or (a strict run) stopped at its
+    first bad item, which the parent raises when the batch's turn comes."""
+
+    staged: StagedBatch | None
+    skipped: list[SkippedItem]
+    bad: _Bad | None = None
+
+
+def _convert_batch(
+    conv: Converter,
+    items: Sequence[WorkItem],
+    lo: int,
+    hi: int,
+    stager: BatchStager,
+    skip_bad: bool,
+    name: str,
+    at: list[int] | None = None,
+) -> _BatchOut:
+    """Convert items ``lo:hi`` and stage them as one batch (in a worker, or in the parent);
+    ``at[0]`` follows the item being converted (to name it if converting it fails)."""
+    records: list[SampleRecord] = []
+    skipped: list[SkippedItem] = []
+    for k in range(lo, hi):
+        if at is not None:
+            at[0] = k
+        res = _process(conv, items[k])
+        if isinstance(res, _Bad):
+            if not skip_bad:
+                return _BatchOut(None, skipped, res)
+            skipped.append(SkippedItem(item_id=res.item_id, file=res.file, reason=res.reason))
+        else:
+            records.append(res)
+    return _BatchOut(stager.stage(records, name), skipped)
+
+
+def _worker_loop(
+    conn: Connection,
+    conv: Converter,
+    items: Sequence[WorkItem],
+    stager: BatchStager,
+    skip_bad: bool,
+) -> None:
+    """A worker process: convert and stage the batches the parent sends (index ranges), send
+    back what each holds, stop at ``None``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops the workers
     try:
         while (task := conn.recv()) is not None:
-            chunk, lo, hi = task
-            out: list[SampleRecord | _Bad | _Crash] = []
-            for k in range(lo, hi):
-                try:
-                    out.append(_process(conv, items[k]))
-                except Exception:  # a bug: reported with its traceback, not a silent death
-                    import traceback
+            number, lo, hi, name = task
+            out: _BatchOut | _Crash
+            at = [lo]
+            try:
+                out = _convert_batch(conv, items, lo, hi, stager, skip_bad, name, at)
+            except Exception:  # a bug: reported with its traceback, not a silent death
+                import traceback
 
-                    out.append(_Crash(items[k].item_id, traceback.format_exc()))
-                    break
-            conn.send((chunk, out))
+                out = _Crash(items[at[0]].item_id, traceback.format_exc())
+            conn.send((number, out))
     except (EOFError, OSError):  # the parent stopped early (an error, ^C): nothing to report
         pass
 
 
-def _results(
-    conv: Converter, items: Sequence[WorkItem], workers: int
-) -> Generator[SampleRecord | _Bad, None, None]:
-    """Each item's result, in item order, converted in ``workers`` processes.
+def _batches(
+    conv: Converter,
+    items: Sequence[WorkItem],
+    bounds: Sequence[tuple[int, int, str]],
+    stager: BatchStager,
+    skip_bad: bool,
+    workers: int,
+) -> Generator[_BatchOut, None, None]:
+    """Each batch ``(lo, hi, staging name)`` converted and staged, in order, by ``workers``
+    processes; the parent only commits them (renames and a journal write per batch).
 
     A small pool of its own instead of ``multiprocessing.Pool``: under fork the workers inherit
     the items, so only index ranges go to them (no per-item pickling), and the parent has no
-    helper threads (Pool's worker-handler thread spins on the result pipe while results wait:
-    measured 0.4 ms CPU per COCO image in the parent, plus GIL hand-offs with the writer)."""
-    if workers <= 1 or len(items) <= 1:
-        for it in items:
-            yield _process(conv, it)
+    helper threads. Workers write their batches' shard files themselves: the parent's serial
+    work per image is a few microseconds, so conversion scales with workers."""
+    if workers <= 1 or len(bounds) <= 1:
+        for lo, hi, name in bounds:
+            yield _convert_batch(conv, items, lo, hi, stager, skip_bad, name)
         return
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     if method == "fork":
-        # the first item here, before forking: its imports and compiled-kernel loads (~0.6 s
-        # CPU for COCO) then happen once, not again in every worker
-        yield _process(conv, items[0])
-        items = items[1:]
-        if not items:
-            return
+        # one item here first, before forking: its imports and compiled-kernel loads (~0.6 s
+        # CPU for COCO) then happen once, not again in every worker (its result is dropped)
+        _process(conv, items[bounds[0][0]])
         if gc.get_freeze_count():  # keep what it created out of the workers' gc passes too
             gc.freeze()
     ctx: Any = multiprocessing.get_context(method)
-    workers = min(workers, len(items))
-    # ranges of a few items: one message per range, and short enough to balance the load
-    chunk = max(1, min(_MAX_CHUNK, len(items) // (workers * 8)))
-    bounds = [(lo, min(lo + chunk, len(items))) for lo in range(0, len(items), chunk)]
+    workers = min(workers, len(bounds))
     procs: list[tuple[Connection, Any]] = []
     finished = False
     try:
         for _ in range(workers):
             parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=_worker_loop, args=(child_end, conv, items), daemon=True)
+            proc = ctx.Process(
+                target=_worker_loop,
+                args=(child_end, conv, items, stager, skip_bad),
+                daemon=True,
+            )
             proc.start()
             child_end.close()
             procs.append((parent_end, proc))
-        pending: dict[Connection, int] = {c: 0 for c, _ in procs}  # ranges in flight per worker
-        ready: dict[int, list[SampleRecord | _Bad | _Crash]] = {}
+        pending: dict[Connection, int] = {c: 0 for c, _ in procs}  # batches in flight per worker
+        ready: dict[int, _BatchOut | _Crash] = {}
         sent = nxt = 0
 
         def feed(conn: Connection) -> None:
             nonlocal sent
-            # two ranges in flight per worker: it never waits for the parent between ranges
+            # two batches in flight per worker: it never waits for the parent between batches
             while pending[conn] < 2 and sent < len(bounds):
                 conn.send((sent, *bounds[sent]))
                 pending[conn] += 1
@@ -587,10 +631,10 @@ def _results(
                     ready[got] = out
                     pending[conn] -= 1
                     feed(conn)
-            for res in ready.pop(nxt):
-                if isinstance(res, _Crash):
-                    raise RuntimeError(f"worker failed on item {res.item_id}:\n{res.text}")
-                yield res
+            res = ready.pop(nxt)
+            if isinstance(res, _Crash):
+                raise RuntimeError(f"worker failed on item {res.item_id}:\n{res.text}")
+            yield res
             nxt += 1
         finished = True
     finally:
@@ -702,28 +746,26 @@ def _run_conversion(
     done = writer.items_done
     if progress:
         progress(done, len(items))
-    batch: list[SampleRecord] = []
-    skipped: list[SkippedItem] = []
+    # batches of batch_size items from the resume point on (a committed batch always ends on a
+    # multiple of batch_size, so an interrupted run re-creates an uninterrupted run's batches)
+    bounds = [
+        (lo, min(lo + batch_size, len(items)), f"b{lo}")
+        for lo in range(done, len(items), batch_size)
+    ]
     # closed on the way out, so that a bad item's error stops the workers at once
-    with contextlib.closing(_results(conv, items[done:], workers)) as results:
-        for res in results:
-            done += 1
-            if isinstance(res, _Bad):
-                if not skip_bad:
-                    raise ConversionError(res.file, res.item_id, res.reason)
-                _log.warning("skipping %s (%s): %s", res.item_id, res.file, res.reason)
-                skipped.append(SkippedItem(item_id=res.item_id, file=res.file, reason=res.reason))
-            else:
-                batch.append(res)
-            if len(batch) == batch_size:
-                writer.write_batch(batch, done, skipped)
-                batch, skipped = [], []
-                if progress:
-                    progress(done, len(items))
-    if batch or skipped or done != writer.items_done:
-        writer.write_batch(batch, done, skipped)
-    if progress:
-        progress(done, len(items))
+    with contextlib.closing(
+        _batches(conv, items, bounds, writer.stager, skip_bad, workers)
+    ) as batches:
+        for (_, hi, _), out in zip(bounds, batches, strict=False):
+            if out.bad is not None:
+                raise ConversionError(out.bad.file, out.bad.item_id, out.bad.reason)
+            assert out.staged is not None
+            for sk in out.skipped:
+                _log.warning("skipping %s (%s): %s", sk.item_id, sk.file, sk.reason)
+            writer.commit(out.staged, hi, out.skipped)
+            done = hi
+            if progress:
+                progress(done, len(items))
     return writer.finish(
         created_by=_created_by(),
         sources=[conv.source(len(items))],
