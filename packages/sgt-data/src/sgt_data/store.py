@@ -121,9 +121,13 @@ def encode_frame(a: NDArray[Any], dtype: str) -> NDArray[np.uint8]:
     ``dtype``, row-major, or (store layout 2) as uint8 when ``dtype`` is a wider unsigned type
     and every value is below 256 (half the bytes to compress; a reader tells the two apart by
     the decompressed size: height x width bytes means uint8)."""
-    raw = np.ascontiguousarray(a, dtype=dtype)
-    if raw.dtype.kind == "u" and raw.dtype.itemsize > 1 and raw.size and int(raw.max()) < 256:
-        raw = raw.astype(np.uint8)
+    want = np.dtype(dtype)
+    if a.dtype == np.uint8 and want.kind == "u":  # a uint8 map: every value fits already
+        raw = np.ascontiguousarray(a)
+    else:
+        raw = np.ascontiguousarray(a, dtype=want)
+        if want.kind == "u" and want.itemsize > 1 and raw.size and int(raw.max()) < 256:
+            raw = raw.astype(np.uint8)
     return np.frombuffer(_zstd(_FRAME_LEVEL).encode(raw), dtype=np.uint8)
 
 

@@ -118,6 +118,12 @@ def _abs(p: str | None) -> str | None:
     return str(Path(p).resolve()) if p else None
 
 
+def label_dtype(n: int) -> type[np.unsignedinteger[Any]]:
+    """The narrowest instance-map dtype holding ids 0..n (uint8 or uint16): half the bytes to
+    paint, scan and compress while ids fit a byte (the stored frame is uint8 then anyway)."""
+    return np.uint8 if n < 256 else np.uint16
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file's bytes."""
     h = hashlib.sha256()

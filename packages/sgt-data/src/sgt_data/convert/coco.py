@@ -18,6 +18,7 @@ from sgt_data.convert._base import (
     Converter,
     ConvertOptions,
     WorkItem,
+    label_dtype,
     load_json,
 )
 from sgt_data.errors import ConversionError, SgtDataError
@@ -239,7 +240,7 @@ class CocoInstancesConverter(AnnotationFileConverter):
                 rles,
                 h,
                 w,
-                dtype=np.uint16,
+                dtype=label_dtype(len(rles)),
                 image_id=item.item_id,
                 ann_ids=[a["id"] for a in p["anns"]],
             )

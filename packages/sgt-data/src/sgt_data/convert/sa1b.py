@@ -8,10 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sgt_data.convert._base import Converter, ConvertOptions, WorkItem, load_json
+from sgt_data.convert._base import Converter, ConvertOptions, WorkItem, label_dtype, load_json
 from sgt_data.errors import ConversionError, SgtDataError
 from sgt_data.render import InstanceRenderer
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, TaskKind
@@ -150,7 +149,7 @@ class Sa1bConverter(Converter):
         rles = [{"size": [h, w], "counts": a.segmentation.counts} for a in rec.annotations]
         try:
             labels = rle.paint_label_map(
-                rles, h, w, dtype=np.uint16, image_id=item.item_id, ann_ids=ids
+                rles, h, w, dtype=label_dtype(len(rles)), image_id=item.item_id, ann_ids=ids
             )
         except SgtDataError as exc:
             raise ConversionError(item.file, item.item_id, str(exc)) from exc
