@@ -313,7 +313,7 @@ def _sample_sha_digest(arr: Any, offsets: NDArray[np.int64], lengths: NDArray[np
         block = np.ascontiguousarray(arr[lo:hi])
         for k in range(i, j):
             a = offs[k] - lo
-            h.update(hashlib.sha256(block[a : a + lens[k]]).digest())
+            h.update(hashlib.sha256(block[a : a + lens[k]].data).digest())
         i = j
     return h.hexdigest()
 
@@ -399,34 +399,37 @@ class BatchStager:
         rows = np.zeros((len(records), 4 + nf), dtype=np.int64)
         stored: list[Sequence[NDArray[Any] | None]] = []
         counts: dict[str, int] = {}
-        for i, r in enumerate(records):
-            if r.sealed is not None and r.sealed[0] == paths:
-                flats, crc = r.sealed[1:]
+        for i, rec in enumerate(records):
+            flats: Sequence[NDArray[Any] | None]
+            if rec.sealed is not None and rec.sealed[0] == paths:
+                flats, crc = rec.sealed[1], rec.sealed[2]
             else:  # (not sealed ahead: merge, or a caller's own records)
-                flats, crc = _stored_form(r, self.fields)
-            rows[i, 0:4] = (r.height, r.width, _task_bits(r.tasks), crc)
+                flats, crc = _stored_form(rec, self.fields)
+            rows[i, 0:4] = (rec.height, rec.width, _task_bits(rec.tasks), crc)
             stored.append(flats)
-            for t in {t for t, _ in r.tasks}:
+            for t in {t for t, _ in rec.tasks}:
                 counts[t.value] = counts.get(t.value, 0) + 1
         digests: list[bytes] = []
         shards: list[int] = []
         for fi, layout in enumerate(self.layouts):
-            parts = [flats[fi] for flats in stored if flats[fi] is not None]
-            for i, flats in enumerate(stored):
-                flat = flats[fi]
-                rows[i, 4 + fi] = 0 if flat is None else flat.size
-            digests.append(b"".join(hashlib.sha256(a).digest() for a in parts))  # type: ignore[arg-type]
+            parts: list[NDArray[Any]] = []
+            for i, sample in enumerate(stored):
+                flat = sample[fi]
+                if flat is not None:
+                    rows[i, 4 + fi] = flat.size
+                    parts.append(flat)
+            digests.append(b"".join(hashlib.sha256(a.data).digest() for a in parts))
             if not parts:
                 shards.append(0)
                 continue
-            data = np.concatenate(parts)  # type: ignore[arg-type]
+            data: NDArray[Any] = np.concatenate(parts)
             if layout is None:
                 np.save(out / f"{fi}.npy", data)
                 shards.append(-1)
                 continue
             files = encode_shards(data, layout)
-            for r, bufs in enumerate(files):
-                write_file(out / f"{fi}.{r}", bufs)
+            for k, bufs in enumerate(files):
+                write_file(out / f"{fi}.{k}", bufs)
             shards.append(len(files))
         return StagedBatch(str(out), rows, tuple(digests), tuple(shards), counts)
 

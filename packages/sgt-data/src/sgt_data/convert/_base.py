@@ -762,13 +762,13 @@ def _run_conversion(
     with contextlib.closing(
         _batches(conv, items, bounds, writer.stager, skip_bad, workers)
     ) as batches:
-        for (_, hi, _), out in zip(bounds, batches, strict=False):
-            if out.bad is not None:
-                raise ConversionError(out.bad.file, out.bad.item_id, out.bad.reason)
-            assert out.staged is not None
-            for sk in out.skipped:
+        for (_, hi, _), got in zip(bounds, batches, strict=False):
+            if got.bad is not None:
+                raise ConversionError(got.bad.file, got.bad.item_id, got.bad.reason)
+            assert got.staged is not None
+            for sk in got.skipped:
                 _log.warning("skipping %s (%s): %s", sk.item_id, sk.file, sk.reason)
-            writer.commit(out.staged, hi, out.skipped)
+            writer.commit(got.staged, hi, got.skipped)
             done = hi
             if progress:
                 progress(done, len(items))
