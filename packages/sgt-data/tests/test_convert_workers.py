@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,52 @@ def test_a_killed_worker_stops_the_run_and_it_resumes(
     m = run_conversion(conv, out, batch_size=4, workers=2)
     assert m.arrays == SampleStore.open(reference).manifest.arrays
     assert verify_store(out) == []
+
+
+_SLOW = """
+import sys, time
+from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
+
+class Slow(CocoInstancesConverter):
+    def process(self, item):
+        time.sleep(0.2)
+        return super().process(item)
+
+ann, images, out = sys.argv[1:4]
+run_conversion(Slow(ann, images, ConvertOptions(name="w")), out, batch_size=4, workers=2)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_workers_die_with_a_killed_parent(
+    source: tuple[Path, Path],
+    reference: Path,
+    tmp_path: Path,
+    session_members: Callable[[int, float], list[int]],
+) -> None:
+    """Workers stage batches into the store: after a SIGKILL of the conversion they must stop at
+    once, not finish their batches (up to two, 0.8 s each here) beside a resumed run."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "s"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW, str(source[0]), str(source[1]), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(session_members(proc.pid, 0)) < 3:  # the parent and its two workers, converting
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)  # mid-batch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # within 0.15 s: a worker left alone would go on for its batches (0.2 s per item)
+    assert session_members(proc.pid, 0.15) == [], "workers outlived their killed parent"
+    m = run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="w")), out, batch_size=4)
+    assert m.arrays == SampleStore.open(reference).manifest.arrays
+    assert not (out / "_staging").exists()

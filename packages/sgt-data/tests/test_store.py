@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from sgt_data.store import JOURNAL_FILE, SampleStore, StoreWriter, verify_store
 _SCRIPT = """
 import sys
 from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
-ann, images, out = sys.argv[1:4]
-run_conversion(CocoInstancesConverter(ann, images, ConvertOptions(name="k", edge=True)), out, batch_size=2)
+ann, images, out, workers = sys.argv[1:5]
+conv = CocoInstancesConverter(ann, images, ConvertOptions(name="k", edge=True))
+run_conversion(conv, out, batch_size=2, workers=int(workers))
 """
 
 
@@ -58,24 +60,32 @@ def _journal(out: Path) -> dict[str, Any]:
         return {}
 
 
-def _start(source: tuple[Path, Path], out: Path) -> subprocess.Popen[bytes]:
+def _start(source: tuple[Path, Path], out: Path, workers: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", _SCRIPT, str(source[0]), str(source[1]), str(out)],
+        [sys.executable, "-c", _SCRIPT, str(source[0]), str(source[1]), str(out), str(workers)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its workers share its session id: found again below
     )
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigkill_and_resume_gives_identical_checksums(
-    source: tuple[Path, Path], reference: Path, tmp_path: Path
+    source: tuple[Path, Path],
+    reference: Path,
+    tmp_path: Path,
+    workers: int,
+    session_members: Callable[[int, float], list[int]],
 ) -> None:
+    """With workers, the kill hits the parent mid-run: its workers (staging batches into the
+    store) must die with it, and nothing they staged may reach the resumed store."""
     out = tmp_path / "store"
     ref_index = np.asarray(zarr.open_array(str(reference / "index"), mode="r")[:])
     rng = random.Random(1234)
     killed = 0
     # kill once a given number of items is committed, plus a random delay (mid-batch, mid-write)
     for target in (2, 7, 12):
-        proc = _start(source, out)
+        proc = _start(source, out, workers)
         deadline = time.monotonic() + 60
         while _journal(out).get("items_done", 0) < target and proc.poll() is None:
             assert time.monotonic() < deadline, "conversion subprocess made no progress"
@@ -85,6 +95,8 @@ def test_sigkill_and_resume_gives_identical_checksums(
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.wait()
+        if sys.platform.startswith("linux"):
+            assert session_members(proc.pid, 10) == [], "workers outlived their killed parent"
         j = _journal(out)
         if not j.get("finished"):
             with pytest.raises(StoreError, match="conversion not finished"):
@@ -94,7 +106,7 @@ def test_sigkill_and_resume_gives_identical_checksums(
         index = zarr.open_array(str(out / "index"), mode="r")
         np.testing.assert_array_equal(np.asarray(index[:n]), ref_index[:n])
     assert killed >= 2, "the kills must interrupt the conversion"
-    proc = _start(source, out)
+    proc = _start(source, out, workers)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     ref = SampleStore.open(reference).manifest
@@ -103,6 +115,7 @@ def test_sigkill_and_resume_gives_identical_checksums(
     assert got.num_samples == ref.num_samples == 14
     assert verify_store(out) == []
     assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+    assert not (out / "_staging").exists()
 
 
 def test_resume_refuses_other_options(source: tuple[Path, Path], tmp_path: Path) -> None:

@@ -538,16 +538,35 @@ def _convert_batch(
     return _BatchOut(stager.stage(records, name), skipped)
 
 
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when its parent dies (Linux), so that no orphan of a
+    killed conversion goes on writing into the store's staging folder (a resumed run's worker
+    could be staging the same batch). Elsewhere a worker stops at its next message."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: unique staging names still keep runs apart
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _worker_loop(
     conn: Connection,
     conv: Converter,
     items: Sequence[WorkItem],
     stager: BatchStager,
     skip_bad: bool,
+    parent: int,
 ) -> None:
     """A worker process: convert and stage the batches the parent sends (index ranges), send
     back what each holds, stop at ``None``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops the workers
+    _die_with(parent)
     try:
         while (task := conn.recv()) is not None:
             number, lo, hi, name = task
@@ -599,7 +618,7 @@ def _batches(
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker_loop,
-                args=(child_end, conv, items, stager, skip_bad),
+                args=(child_end, conv, items, stager, skip_bad, os.getpid()),
                 daemon=True,
             )
             proc.start()
@@ -609,11 +628,22 @@ def _batches(
         ready: dict[int, _BatchOut | _Crash] = {}
         sent = nxt = 0
 
+        def died(conn: Connection) -> RuntimeError:
+            proc = next(p for c, p in procs if c is conn)
+            proc.join(1)
+            return RuntimeError(
+                f"a conversion worker died (exit code {proc.exitcode}; -9: killed, e.g. for "
+                "lack of memory); the committed batches are kept, run again to resume"
+            )
+
         def feed(conn: Connection) -> None:
             nonlocal sent
             # two batches in flight per worker: it never waits for the parent between batches
             while pending[conn] < 2 and sent < len(bounds):
-                conn.send((sent, *bounds[sent]))
+                try:
+                    conn.send((sent, *bounds[sent]))
+                except (BrokenPipeError, ConnectionResetError):  # it died after its last result
+                    raise died(conn) from None
                 pending[conn] += 1
                 sent += 1
 
@@ -627,13 +657,7 @@ def _batches(
                     try:
                         got, out = conn.recv()
                     except (EOFError, ConnectionResetError):  # the worker died
-                        proc = next(p for c, p in procs if c is conn)
-                        proc.join(1)
-                        raise RuntimeError(
-                            f"a conversion worker died (exit code {proc.exitcode}; -9: killed, "
-                            "e.g. for lack of memory); the committed batches are kept, run "
-                            "again to resume"
-                        ) from None
+                        raise died(conn) from None
                     ready[got] = out
                     pending[conn] -= 1
                     feed(conn)
@@ -754,8 +778,10 @@ def _run_conversion(
         progress(done, len(items))
     # batches of batch_size items from the resume point on (a committed batch always ends on a
     # multiple of batch_size, so an interrupted run re-creates an uninterrupted run's batches)
+    # staging folders named per run too: nothing of an earlier, killed run can mix into them
+    run = f"{os.getpid()}-{os.urandom(4).hex()}"
     bounds = [
-        (lo, min(lo + batch_size, len(items)), f"b{lo}")
+        (lo, min(lo + batch_size, len(items)), f"b{lo}-{run}")
         for lo in range(done, len(items), batch_size)
     ]
     # closed on the way out, so that a bad item's error stops the workers at once
