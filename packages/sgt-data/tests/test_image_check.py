@@ -16,7 +16,7 @@ from PIL import Image
 
 from sgt_data.cli import main
 from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
-from sgt_data.convert._image_check import structure_problem
+from sgt_data.convert._image_check import structure_problem, verbatim_header
 from sgt_data.convert.example import voc_example, write_voc_coco
 from sgt_data.errors import ConversionError
 from sgt_data.schema import StoreManifest
@@ -54,7 +54,62 @@ def _good_files() -> dict[str, tuple[bytes, str]]:
             _encode(rgb[..., 0].astype(np.uint16) * 257, "PNG"),
             "PNG",
         ),
+        "cmyk": (_encode_mode(rgb, "CMYK", "JPEG"), "JPEG"),
+        "png rgba": (_encode_mode(rgb, "RGBA", "PNG"), "PNG"),
+        "png 1-bit": (_encode_mode(rgb, "1", "PNG"), "PNG"),
+        "png grey+alpha": (_encode_mode(rgb, "LA", "PNG"), "PNG"),
+        "odd size": (_encode(rgb[:237, :353], "JPEG"), "JPEG"),
     }
+
+
+def _encode_mode(rgb: np.ndarray, mode: str, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_header_gives_pils_format_and_size_without_pil() -> None:
+    """The files stored verbatim are opened from the structural check's own walk: format and
+    size must be PIL's, and its problems the structural check's."""
+    for name, (data, fmt) in _good_files().items():
+        with Image.open(io.BytesIO(data)) as im:
+            want = (im.format, (im.height, im.width), None)
+        assert verbatim_header(data, Image.MAX_IMAGE_PIXELS) == want, name
+        for cut in (len(data) // 2, len(data) - 1):
+            got = verbatim_header(data[:cut], None)
+            assert got is not None, (name, cut)
+            assert got[2] == structure_problem(data[:cut], fmt) is not None, (name, cut)
+
+
+def _patched_sof(data: bytes, offset: int, value: int) -> bytes:
+    """A JPEG with one byte of its frame header (0: precision, 5: components) replaced."""
+    pos = 2
+    while data[pos + 1] not in (0xC0, 0xC1, 0xC2):
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    out = bytearray(data)
+    out[pos + 4 + offset] = value
+    return bytes(out)
+
+
+def test_header_leaves_uncommon_files_to_pil() -> None:
+    rgb = _photo()
+    jpeg = _encode(rgb, "JPEG")
+    h, w = rgb.shape[:2]
+    png = _encode(rgb, "PNG")
+    for name, data, limit in [
+        ("gif", _encode_mode(rgb, "P", "GIF"), None),
+        ("bmp", _encode(rgb, "BMP"), None),
+        ("not an image", b"<html>not found</html>", None),
+        ("empty", b"", None),
+        ("12-bit frame", _patched_sof(jpeg, 0, 12), None),
+        ("2 components", _patched_sof(jpeg, 5, 2), None),
+        ("zero height", _patched_sof(_patched_sof(jpeg, 1, 0), 2, 0), None),
+        ("bomb (jpeg)", jpeg, h * w - 1),
+        ("bomb (png)", png, h * w - 1),
+        ("png unknown mode", png[:24] + b"\x05" + png[25:], None),
+    ]:
+        assert verbatim_header(data, limit) is None, name
+    assert verbatim_header(jpeg, h * w) == ("JPEG", (h, w), None)
 
 
 def test_good_files_pass() -> None:

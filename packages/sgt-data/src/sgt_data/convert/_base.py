@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from sgt_data.convert._image_check import structure_problem
+from sgt_data.convert._image_check import structure_problem, verbatim_header
 from sgt_data.errors import ConversionError, SgtDataError, StoreError
 from sgt_data.render import (
     DEFAULT_MAX_INSTANCES,
@@ -246,6 +246,18 @@ class Converter(abc.ABC):
             raise ConversionError(
                 str(path), item.item_id, f"image file cannot be read: {exc.strerror or exc}"
             ) from exc
+        if not need_rgb and self.opts.verify_images == "structure":
+            # a JPEG or PNG stored verbatim: its size and structure from one walk over its
+            # markers or chunks, without opening it in PIL (~0.1 ms per COCO image)
+            header = verbatim_header(data, Image.MAX_IMAGE_PIXELS)
+            if header is not None:
+                _, size, damage = header
+                if damage is not None:
+                    raise ConversionError(
+                        str(path), item.item_id, f"corrupt or unreadable image: {damage}"
+                    )
+                self._check_size(path, item, size, expect)
+                return data, size, None
         problem: str | None = None
         rgb: NDArray[np.uint8] | None = None
         try:
@@ -283,18 +295,24 @@ class Converter(abc.ABC):
             raise ConversionError(
                 str(path), item.item_id, f"corrupt or unreadable image: {problem}"
             )
-        if expect is not None and tuple(expect) != hw:
-            raise ConversionError(
-                str(path),
-                item.item_id,
-                f"image is {hw[0]}x{hw[1]} but the annotations say {expect[0]}x{expect[1]}",
-            )
+        self._check_size(path, item, hw, expect)
         if fmt not in ("JPEG", "PNG"):
             assert rgb is not None
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
             data = buf.getvalue()
         return data, hw, rgb
+
+    @staticmethod
+    def _check_size(
+        path: Path, item: WorkItem, hw: tuple[int, int], expect: tuple[int, int] | None
+    ) -> None:
+        if expect is not None and tuple(expect) != hw:
+            raise ConversionError(
+                str(path),
+                item.item_id,
+                f"image is {hw[0]}x{hw[1]} but the annotations say {expect[0]}x{expect[1]}",
+            )
 
     def image_record(
         self,

@@ -16,7 +16,7 @@ import struct
 import zlib
 from typing import Final
 
-__all__ = ["structure_problem"]
+__all__ = ["structure_problem", "verbatim_header"]
 
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 #: JPEG markers without a length field: TEM, RST0-7, SOI, EOI
@@ -25,16 +25,61 @@ _STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD8), 0xD8, 0xD9})
 _SCAN_STOP: Final = re.compile(rb"\xff[\x01-\xbf\xd8\xd9]")
 
 
+#: (colour type, bit depths) of the PNG images every PNG decoder (and PIL) opens
+_PNG_MODES: Final = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+#: start-of-frame markers (SOF0-15 but DHT, JPG, DAC)
+_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
 def structure_problem(data: bytes, fmt: str) -> str | None:
     """What is structurally wrong with a JPEG or PNG file's bytes (None: nothing found)."""
     if fmt == "JPEG":
-        return _jpeg_problem(data)
+        return _jpeg_problem(data)[0]
     if fmt == "PNG":
         return _png_problem(data)
     raise ValueError(f"no structural check for {fmt} files")
 
 
-def _jpeg_problem(data: bytes) -> str | None:
+def verbatim_header(
+    data: bytes, max_pixels: int | None
+) -> tuple[str, tuple[int, int], str | None] | None:
+    """For a JPEG or PNG file: its format, (height, width) and structural problem (None: none
+    found), from the one walk over its markers or chunks that the structural check makes; so a
+    file stored verbatim needs no image library to open it. None (ask the image library) for
+    any other file and for the uncommon ones whose header it leaves to the library: a JPEG
+    frame other than 8-bit with 1, 3 or 4 components, a PNG whose IHDR is not first or names an
+    unknown mode, zero sizes, or more than ``max_pixels`` pixels (the library's bomb check)."""
+    if data[:3] == b"\xff\xd8\xff":
+        problem, frame = _jpeg_problem(data)
+        if frame is None:
+            return None if problem is None else ("JPEG", (0, 0), problem)
+        bits, h, w, comps = frame
+        fmt, hw = "JPEG", (h, w)
+        if bits != 8 or comps not in (1, 3, 4):
+            return None
+    elif data[:8] == _PNG_SIGNATURE:
+        if len(data) < 33 or data[12:16] != b"IHDR":
+            return None
+        w, h, depth, ctype = struct.unpack_from(">IIBB", data, 16)
+        if depth not in _PNG_MODES.get(ctype, ()):
+            return None
+        fmt, hw, problem = "PNG", (h, w), _png_problem(data)
+    else:
+        return None
+    if not (h and w) or (max_pixels is not None and h * w > max_pixels):
+        return None
+    return fmt, hw, problem
+
+
+def _jpeg_problem(data: bytes) -> tuple[str | None, tuple[int, int, int, int] | None]:
+    """(The structural problem or None, the first frame header's (precision, height, width,
+    components) if one came before the first scan)."""
+    frame: list[tuple[int, int, int, int]] = []
+    problem = _jpeg_walk(data, frame)
+    return problem, (frame[0] if frame else None)
+
+
+def _jpeg_walk(data: bytes, frame_out: list[tuple[int, int, int, int]]) -> str | None:
     n = len(data)
     if data[:2] != b"\xff\xd8":
         return "JPEG does not start with an SOI marker"
@@ -58,6 +103,8 @@ def _jpeg_problem(data: bytes) -> str | None:
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if length < 2:
             return f"JPEG header corrupt: segment length {length} at byte {pos}"
+        if marker in _SOF and not frame_out and length >= 8 and pos + 10 <= n:
+            frame_out.append(struct.unpack_from(">BHHB", data, pos + 4))  # P, Y, X, Nf
         pos += 2 + length
         if pos > n:
             return f"JPEG truncated in a header segment (needs {pos} bytes, has {n})"
