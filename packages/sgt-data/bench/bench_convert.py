@@ -104,17 +104,24 @@ run_conversion(conv, out, workers=int(workers), batch_size=int(sys.argv[5]))
 """
 
 
+def _self_cpu() -> float:
+    """CPU seconds of this process alone (the parent of any workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
+
+
 def _convert(
     ann: Path, images: Path, out: Path, workers: int, edge: bool = False
-) -> tuple[float, float, float]:
-    """(wall s, CPU s, images per wall second after listing) of one in-process conversion."""
+) -> tuple[float, float, float, float]:
+    """(wall s, CPU s, images per wall second after listing, CPU s of this process alone) of
+    one in-process conversion."""
     shutil.rmtree(out, ignore_errors=True)
     commits: list[tuple[int, float]] = []
 
     def progress(done: int, total: int) -> None:
         commits.append((done, time.perf_counter()))
 
-    w0, c0 = time.perf_counter(), _cpu()
+    w0, c0, s0 = time.perf_counter(), _cpu(), _self_cpu()
     m = run_conversion(
         CocoInstancesConverter(ann, images, ConvertOptions(name="bench", edge=edge)),
         out,
@@ -122,12 +129,19 @@ def _convert(
         batch_size=BATCH,
         progress=progress,
     )
-    wall, cpu = time.perf_counter() - w0, _cpu() - c0
+    wall, cpu, own = time.perf_counter() - w0, _cpu() - c0, _self_cpu() - s0
     assert m.num_samples == N_IMAGES
     # commits[0]: listing done, store open; the rest: one per committed batch
     last = next(c for c in commits if c[0] == N_IMAGES)
     steady = N_IMAGES / (last[1] - commits[0][1])
-    return wall, cpu, steady
+    return wall, cpu, steady, own
+
+
+def _listing(ann: Path, images: Path) -> float:
+    """CPU s of listing the annotation file (the serial part before any worker starts)."""
+    c0 = _self_cpu()
+    CocoInstancesConverter(ann, images, ConvertOptions(name="bench")).list_items()
+    return _self_cpu() - c0
 
 
 def _convert_fresh(ann: Path, images: Path, out: Path, workers: int) -> tuple[float, float]:
@@ -159,6 +173,7 @@ def main() -> None:
         decode_runs: list[tuple[float, float]] = []
         validate_runs: list[tuple[float, float]] = []
         check_runs: list[tuple[float, float]] = []
+        listing: list[float] = []
         runs: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         conv_name, fresh_name = (
             "convert coco (instance+semantic)",
@@ -169,6 +184,7 @@ def main() -> None:
             decode_runs.append(_decode_only(images))
             validate_runs.append(_validate_only(images))
             check_runs.append(_check_only(images))
+            listing.append(_listing(ann, images_dir))
             for workers in (1, 2):
                 runs.setdefault((conv_name, workers), []).append(
                     _convert(ann, images_dir, root / f"w{workers}", workers)
@@ -219,6 +235,14 @@ def main() -> None:
     print(
         f"wall-clock scaling 1 -> 2 workers: {two_wall / one_wall:.2f}x end to end, "
         f"{two_steady / one_steady:.2f}x without the serial listing (ideal 2.00x on 2 idle cores)"
+    )
+    parent = min(x[3] for x in runs[(conv_name, 2)]) / N_IMAGES * 1e3
+    listed = min(listing) / N_IMAGES * 1e3
+    worker = min(x[1] for x in runs[(conv_name, 2)]) - min(x[3] for x in runs[(conv_name, 2)])
+    print(
+        f"serial work per image with 2 workers: parent {parent:.3f} ms CPU, of which listing "
+        f"{listed:.3f} ms and pool start + commits + manifest {parent - listed:.3f} ms; "
+        f"workers {worker / N_IMAGES * 1e3:.3f} ms"
     )
     for workers in (1, 2):
         start_cpu = min(x[1] for x in runs[(fresh_name, workers)]) - min(

@@ -584,6 +584,38 @@ def test_json_not_matching_the_format(
         )
 
 
+@pytest.mark.parametrize(
+    ("segmentation", "reason"),
+    [
+        ("M 0 0 L 5 5", r"segmentation must be a list of polygons .* got str"),
+        (None, r"segmentation must be a list of polygons .* got NoneType"),
+        ([["a", "b", "c", "d", "e", "f"]], r"polygon"),
+        ([[1.0, 2.0, 3.0]], r"polygon"),
+        ({"size": [375, 500], "counts": 17}, r"counts"),
+    ],
+)
+def test_a_malformed_segmentation_names_its_annotation(
+    bad_coco: tuple[Path, Path, dict[str, Any]],
+    tmp_path: Path,
+    segmentation: Any,
+    reason: str,
+) -> None:
+    """Segmentations are validated when their image is converted (not while listing, which is
+    serial): the error names the file, the image and the annotation, and ``--skip-bad`` skips
+    that image only."""
+    ann, images, data = bad_coco
+    a = next(a for a in data["annotations"] if a["image_id"] == 101)
+    a["segmentation"] = segmentation
+    with pytest.raises(ConversionError) as err:
+        _convert(ann, images, data, tmp_path / "s")
+    assert err.value.file == str(ann)
+    assert err.value.item_id.startswith("101"), err.value.item_id
+    assert re.search(reason, err.value.reason), err.value.reason
+    m = _convert(ann, images, data, tmp_path / "s2", skip_bad=True)
+    assert [s.item_id for s in m.skipped] == [err.value.item_id]
+    assert m.num_samples == len(data["images"]) - 1
+
+
 def test_mask_size_disagreeing_with_image(
     bad_coco: tuple[Path, Path, dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -750,6 +750,22 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: listing a COCO file creates a container object per
+    JSON value and per annotation, and the collector's passes over them took as long as the
+    parse itself (measured 0.28-0.39 vs 0.14 ms CPU per image of the bench's annotation file).
+    What is listed is acyclic (parsed JSON, records); reference counting frees it as before."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _run_conversion(
     conv: Converter,
     out: str | os.PathLike[str],
@@ -760,7 +776,8 @@ def _run_conversion(
     overwrite: bool,
     progress: Progress | None,
 ) -> StoreManifest:
-    items, problems = conv.list_items()
+    with _no_cyclic_gc():
+        items, problems = conv.list_items()
     if problems and not skip_bad:
         p = problems[0]
         raise ConversionError(p.file, p.item_id, p.reason)
