@@ -138,9 +138,13 @@ def _convert(
 
 
 def _listing(ann: Path, images: Path) -> float:
-    """CPU s of listing the annotation file (the serial part before any worker starts)."""
+    """CPU s of listing the annotation file (the serial part before any worker starts), as
+    ``run_conversion`` lists it (the cyclic garbage collector paused)."""
+    from sgt_data.convert._base import _no_cyclic_gc
+
     c0 = _self_cpu()
-    CocoInstancesConverter(ann, images, ConvertOptions(name="bench")).list_items()
+    with _no_cyclic_gc():
+        CocoInstancesConverter(ann, images, ConvertOptions(name="bench")).list_items()
     return _self_cpu() - c0
 
 
