@@ -144,3 +144,23 @@ def test_convert_captions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert s.manifest.sources[0].format == "captions"
     assert s.read_metadata(0)["caption"] == "noise"
     np.testing.assert_array_equal(s.read_image(0), rgb)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--workers", "0", "workers must be >= 1, got 0"), ("--batch-size", "0", "batch_size")],
+)
+def test_bad_worker_and_batch_counts_exit_2_before_writing(
+    source: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    value: str,
+    message: str,
+) -> None:
+    ann, images = source
+    out = tmp_path / "s"
+    argv = ["convert", "coco", "--annotations", str(ann), "--images", str(images)]
+    assert main([*argv, "--out", str(out), flag, value, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

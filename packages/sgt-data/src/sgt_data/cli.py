@@ -40,7 +40,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--shard", default="0/1", help="convert only block i of N of the items, e.g. 3/16"
     )
     p.add_argument(
-        "--batch-size", type=int, default=64, help="samples per committed batch (default 64)"
+        "--batch-size",
+        type=int,
+        default=64,
+        help="input items per committed batch, the unit a worker converts (default 64)",
     )
     p.add_argument(
         "--skip-bad", action="store_true", help="skip bad items, recording why in the manifest"

@@ -620,6 +620,11 @@ class StoreWriter:
         n0 = int(j["samples"])
         n = len(staged.rows)
         nf = len(self._fields)
+        if staged.rows.shape[1:] != (4 + nf,) or len(staged.shards) != nf:
+            raise StoreError(
+                f"{self.path}: a batch staged for {len(staged.shards)} arrays cannot be "
+                f"committed to a store of {nf} ({staged.directory})"
+            )
         rows = np.zeros((n, len(self._columns)), dtype=np.int64)
         rows[:, 0:4] = staged.rows[:, 0:4]
         extent = dict(j["extent"])
@@ -657,7 +662,6 @@ class StoreWriter:
             if hashes is not None:
                 hashes[spec.path].update(staged.digests[fi])
             extent[spec.path] = pos
-        assert staged.rows.shape[1] == 4 + nf
         if n:
             if self._index.shape[0] < n0 + n:
                 grown = max(n0 + n, 2 * int(self._index.shape[0]))

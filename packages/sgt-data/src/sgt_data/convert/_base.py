@@ -730,7 +730,12 @@ def run_conversion(
     progress: Progress | None = None,
 ) -> StoreManifest:
     """Convert ``conv``'s items (or shard ``i`` of ``N`` contiguous blocks of them) into a store at
-    ``out``, resuming an interrupted run with the same inputs and options."""
+    ``out``, resuming an interrupted run with the same inputs and options. ``batch_size`` input
+    items make one committed batch, which one worker converts and writes."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with _frozen_heap():
         return _run_conversion(conv, out, workers, shard, batch_size, skip_bad, overwrite, progress)
 
