@@ -40,7 +40,15 @@ def test_shards_are_byte_identical_to_zarrs(
     layout = ShardLayout.of(ours)
     assert layout is not None
     assert layout.shard == 32
-    for r, bufs in enumerate(encode_shards(data, layout)):
+    files = encode_shards(data, layout)
+    # a batch given as its samples' arrays (never joined) encodes to the same files
+    cuts = sorted({int(c) for c in rng.integers(0, n + 1, 5)})
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+    as_parts = encode_shards(pieces, layout)
+    assert [b"".join(bytes(memoryview(b)) for b in f) for f in as_parts] == [
+        b"".join(bytes(memoryview(b)) for b in f) for f in files
+    ]
+    for r, bufs in enumerate(files):
         path = tmp_path / "o" / "a" / layout.key(1 + r)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file(path, bufs)
@@ -70,3 +78,9 @@ def test_other_encodings_are_left_to_zarr(tmp_path: Path) -> None:
     two_d = g.create_array("t", shape=(8, 8), dtype="uint8", chunks=(2, 8), shards=(4, 8))
     for arr in (start_index, unsharded, nonzero_fill, two_d):
         assert ShardLayout.of(arr) is None, arr
+
+
+def test_write_file_takes_more_buffers_than_one_writev(tmp_path: Path) -> None:
+    bufs = [np.full(3, k % 251, dtype=np.uint8) for k in range(2500)] + [b"", b"end"]
+    write_file(tmp_path / "f", bufs)
+    assert (tmp_path / "f").read_bytes() == b"".join(bytes(b) for b in bufs)

@@ -103,58 +103,96 @@ class ShardLayout:
         return cls(chunk, shard // chunk, dtype.itemsize, level, str(enc.separator))
 
 
-def encode_shards(data: NDArray[Any], layout: ShardLayout) -> list[list[Any]]:
-    """The shard files holding ``data`` written from the start of a fresh shard on: per shard,
-    the buffers to write one after the other (views of ``data`` where no encoding is needed)."""
-    import google_crc32c
-
+def _raw_bytes(data: NDArray[Any], layout: ShardLayout) -> NDArray[np.uint8]:
+    """``data`` flat, little-endian, as bytes (a view where it already is)."""
     flat = np.ascontiguousarray(data).reshape(-1)
     if flat.dtype.itemsize != layout.itemsize:
         raise ValueError(f"data of item size {flat.dtype.itemsize}, array of {layout.itemsize}")
-    if flat.dtype.byteorder == ">" or (flat.dtype.byteorder == "=" and np.little_endian is False):
+    if flat.dtype.byteorder == ">" or (flat.dtype.byteorder == "=" and not np.little_endian):
         flat = flat.astype(flat.dtype.newbyteorder("<"))
-    raw = flat.view(np.uint8)
+    return flat.view(np.uint8)
+
+
+def _index_bytes(index: NDArray[np.uint64]) -> list[bytes]:
+    import google_crc32c
+
+    raw = index.tobytes()
+    return [raw, np.array([google_crc32c.value(raw)], dtype="<u4").tobytes()]
+
+
+def encode_shards(
+    data: NDArray[Any] | Sequence[NDArray[Any]], layout: ShardLayout
+) -> list[list[Any]]:
+    """The shard files holding ``data`` (one array, or the arrays of a batch one after the
+    other) written from the start of a fresh shard on: per shard, the buffers to write one
+    after the other. Without compression they are views of ``data`` plus the padding of the
+    last chunk and the index: a batch is never joined into one copy."""
+    parts = [data] if isinstance(data, np.ndarray) else list(data)
+    raws = [r for r in (_raw_bytes(p, layout) for p in parts) if r.size]
     chunk_bytes = layout.chunk * layout.itemsize
     shard_bytes = chunk_bytes * layout.chunks_per_shard
-    zstd = None
-    if layout.zstd_level is not None:
+    files: list[list[Any]] = []
+    if layout.zstd_level is not None:  # compressed chunks: each encodes its own bytes
         from numcodecs import Zstd
 
         zstd = Zstd(level=layout.zstd_level)
-    files: list[list[Any]] = []
-    for s0 in range(0, raw.size, shard_bytes):
-        part = raw[s0 : s0 + shard_bytes]
+        raw = np.concatenate(raws) if len(raws) > 1 else (raws[0] if raws else None)
+        for s0 in range(0, 0 if raw is None else raw.size, shard_bytes):
+            assert raw is not None
+            part = raw[s0 : s0 + shard_bytes]
+            index = np.full((layout.chunks_per_shard, 2), _ABSENT, dtype="<u8")
+            bufs: list[Any] = []
+            pos = 0
+            for k, c0 in enumerate(range(0, part.size, chunk_bytes)):
+                piece = part[c0 : c0 + chunk_bytes]
+                if piece.size < chunk_bytes:  # the last chunk, padded with the fill value (0)
+                    piece = np.concatenate([piece, np.zeros(chunk_bytes - piece.size, np.uint8)])
+                enc = zstd.encode(piece)
+                index[k] = (pos, len(enc))
+                bufs.append(enc)
+                pos += len(enc)
+            files.append(bufs + _index_bytes(index))
+        return files
+    # uncompressed: a shard file is the shard's bytes, zero-padded to whole chunks, and an
+    # index of consecutive full chunks
+    total = sum(r.size for r in raws)
+    ri, roff = 0, 0  # the part and the offset in it where the next shard starts
+    for s0 in range(0, total, shard_bytes):
+        n = min(shard_bytes, total - s0)
+        bufs = []
+        need = n
+        while need:
+            r = raws[ri]
+            take = min(need, r.size - roff)
+            bufs.append(r[roff : roff + take])
+            need -= take
+            roff += take
+            if roff == r.size:
+                ri, roff = ri + 1, 0
+        chunks = -(-n // chunk_bytes)
+        if chunks * chunk_bytes > n:  # the last chunk, padded with the fill value (0)
+            bufs.append(np.zeros(chunks * chunk_bytes - n, dtype=np.uint8))
         index = np.full((layout.chunks_per_shard, 2), _ABSENT, dtype="<u8")
-        bufs: list[Any] = []
-        pos = 0
-        for k, c0 in enumerate(range(0, part.size, chunk_bytes)):
-            piece = part[c0 : c0 + chunk_bytes]
-            if piece.size < chunk_bytes:  # the last chunk, padded with the fill value (0)
-                padded = np.zeros(chunk_bytes, dtype=np.uint8)
-                padded[: piece.size] = piece
-                piece = padded
-            enc: Any = zstd.encode(piece) if zstd is not None else piece
-            n = len(enc) if zstd is not None else int(piece.size)
-            index[k] = (pos, n)
-            bufs.append(enc)
-            pos += n
-        index_bytes = index.tobytes()
-        crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
-        bufs += [index_bytes, crc]
-        files.append(bufs)
+        index[:chunks, 0] = np.arange(chunks, dtype=np.uint64) * np.uint64(chunk_bytes)
+        index[:chunks, 1] = chunk_bytes
+        files.append(bufs + _index_bytes(index))
     return files
+
+
+#: buffers per writev call (Linux's IOV_MAX is 1024)
+_IOV_BATCH = 512
 
 
 def write_file(path: Path, bufs: Sequence[Any]) -> None:
     """Write buffers (e.g. one shard file from :func:`encode_shards`) one after the other into
     a new file at ``path`` (replacing any there)."""
-    views = [memoryview(b).cast("B") for b in bufs]
+    views = [v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        done = os.writev(fd, views) if views else 0
-        total = sum(v.nbytes for v in views)
-        if done < total:  # a short write: the rest one buffer at a time
-            for v in views:
+        for g in range(0, len(views), _IOV_BATCH):
+            group = views[g : g + _IOV_BATCH]
+            done = os.writev(fd, group)
+            for v in group:  # after a short write, the rest one buffer at a time
                 if done >= v.nbytes:
                     done -= v.nbytes
                     continue

@@ -424,12 +424,11 @@ class BatchStager:
             if not parts:
                 shards.append(0)
                 continue
-            data: NDArray[Any] = np.concatenate(parts)
             if layout is None:
-                np.save(out / f"{fi}.npy", data)
+                np.save(out / f"{fi}.npy", np.concatenate(parts))
                 shards.append(-1)
                 continue
-            files = encode_shards(data, layout)
+            files = encode_shards(parts, layout)  # views of the records' arrays, no joined copy
             for k, bufs in enumerate(files):
                 write_file(out / f"{fi}.{k}", bufs)
             shards.append(len(files))
