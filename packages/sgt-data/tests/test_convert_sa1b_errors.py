@@ -346,3 +346,18 @@ def test_a_bad_item_mid_way_loses_nothing_committed(
     np.testing.assert_array_equal(
         store.read_label_map(0, TaskKind.SEGMENTATION, "instance"), _reference(folder / "sa_1.json")
     )
+
+
+def test_workers_give_the_one_process_store_with_skipped_items(
+    folder: Path, tmp_path: Path
+) -> None:
+    """SA-1B with 2 workers (each converting and writing its own batches), a bad file and a
+    duplicate image id skipped: the store and the skip records of one process."""
+    _edit(folder, "sa_2", _set_counts(lambda c: c[:-3]))
+    _duplicate_image_id(folder)
+    one = _convert(folder, tmp_path / "one", skip_bad=True)
+    two = _convert(folder, tmp_path / "two", skip_bad=True, workers=2)
+    assert two.arrays == one.arrays
+    assert two.skipped == one.skipped
+    assert len(one.skipped) == 2
+    assert verify_store(tmp_path / "two") == []
