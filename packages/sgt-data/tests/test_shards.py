@@ -75,9 +75,39 @@ def test_other_encodings_are_left_to_zarr(tmp_path: Path) -> None:
     nonzero_fill = g.create_array(
         "f", shape=(64,), dtype="uint8", chunks=(8,), shards=(32,), fill_value=7
     )
-    two_d = g.create_array("t", shape=(8, 8), dtype="uint8", chunks=(2, 8), shards=(4, 8))
-    for arr in (start_index, unsharded, nonzero_fill, two_d):
+    part_rows = g.create_array("t", shape=(8, 8), dtype="uint8", chunks=(2, 4), shards=(4, 8))
+    for arr in (start_index, unsharded, nonzero_fill, part_rows):
         assert ShardLayout.of(arr) is None, arr
+
+
+def test_row_chunked_2d_shards_are_byte_identical_to_zarrs(tmp_path: Path) -> None:
+    """A store's ``index`` (int64 rows, whole rows per chunk, zstd): rows appended batch by
+    batch, each write re-encoding the whole shard from the rows so far, as the writer does;
+    zarr rewrites the shard from its existing chunks plus the new ones: the same bytes."""
+    kw = {"shape": (40, 5), "dtype": "int64", "chunks": (4, 5), "shards": (16, 5)}
+    by_zarr = zarr.open_group(str(tmp_path / "z"), mode="w").create_array("i", **kw)
+    ours = zarr.open_group(str(tmp_path / "o"), mode="w").create_array("i", **kw)
+    layout = ShardLayout.of(ours)
+    assert layout is not None
+    assert (layout.chunk, layout.chunks_per_shard, layout.itemsize, layout.ndim) == (4, 4, 40, 2)
+    assert layout.key(2) == "c/2/0"
+    rng = np.random.default_rng(0)
+    rows = rng.integers(-(2**40), 2**40, (37, 5))
+    for lo, hi in [(0, 3), (3, 9), (9, 10), (10, 23), (23, 37)]:  # batches of odd sizes
+        by_zarr[lo:hi] = rows[lo:hi]
+        for s in range(lo // 16, (hi - 1) // 16 + 1):
+            files = encode_shards(rows[s * 16 : min(hi, (s + 1) * 16)], layout)
+            assert len(files) == 1
+            path = tmp_path / "o" / "i" / layout.key(s)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_file(path, files[0])
+        for s in range(3):
+            key = layout.key(s)
+            z, o = tmp_path / "z" / "i" / key, tmp_path / "o" / "i" / key
+            assert z.exists() == o.exists(), (hi, key)
+            if z.exists():
+                assert z.read_bytes() == o.read_bytes(), (hi, key)
+    np.testing.assert_array_equal(ours[:37], rows)
 
 
 def test_write_file_takes_more_buffers_than_one_writev(tmp_path: Path) -> None:

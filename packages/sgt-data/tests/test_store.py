@@ -281,3 +281,39 @@ def test_label_frames_are_stored_narrow_only_when_every_value_fits(top: int) -> 
     np.testing.assert_array_equal(back.reshape(labels.shape), labels)
     # a frame of another size than h x w values of either width is damage, not data
     assert _decode_frame(frame, "uint16", labels.size + 1).size != labels.size + 1
+
+
+def test_own_shard_writers_give_the_files_zarr_writes(
+    source: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer encodes shard files itself (flat arrays and index); with it switched off,
+    zarr writes every array: the two stores must hold the same files, byte for byte. A bad
+    item skipped midway leaves a batch short, so later index rows straddle index chunks and
+    shards are rewritten partially."""
+    from sgt_data._shards import ShardLayout
+
+    ann, images = source
+    mine = tmp_path / "images"
+    shutil.copytree(images, mine)
+    victim = sorted(mine.iterdir())[4]
+    victim.write_bytes(victim.read_bytes()[:300])
+
+    def convert(out: Path) -> None:
+        conv = CocoInstancesConverter(ann, mine, ConvertOptions(name="k", edge=True))
+        run_conversion(conv, out, batch_size=3, skip_bad=True)
+
+    convert(tmp_path / "ours")
+    monkeypatch.setattr(ShardLayout, "of", classmethod(lambda cls, arr: None))
+    convert(tmp_path / "zarr")
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    ours, theirs = files(tmp_path / "ours"), files(tmp_path / "zarr")
+    assert sorted(ours) == sorted(theirs)
+    assert any(k.startswith("index/c/") for k in ours)
+    for name in sorted(ours):
+        assert ours[name] == theirs[name], name
+    assert SampleStore.open(tmp_path / "ours").manifest.skipped[0].item_id == victim.stem.lstrip(
+        "0"
+    )

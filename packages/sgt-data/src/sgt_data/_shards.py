@@ -31,14 +31,17 @@ _ABSENT = np.uint64(2**64 - 1)
 
 @dataclass(frozen=True)
 class ShardLayout:
-    """What encoding a 1-D sharded array's shards takes: inner chunk and shard length
-    (elements), item size, zstd level (None: no compression) and how chunk keys are spelled."""
+    """What encoding the shards of a sharded 1-D array take, or of a 2-D array chunked by whole
+    rows (then an "element" is a row): inner chunk and shard length (elements), element size
+    in bytes, zstd level (None: no compression), how chunk keys are spelled, and the array's
+    number of dimensions."""
 
     chunk: int
     chunks_per_shard: int
     itemsize: int
     zstd_level: int | None
     key_separator: str
+    ndim: int = 1
 
     @property
     def shard(self) -> int:
@@ -47,7 +50,8 @@ class ShardLayout:
 
     def key(self, shard_index: int) -> str:
         """The store key (path below the array) of a shard."""
-        return f"c{self.key_separator}{shard_index}"
+        sep = self.key_separator
+        return f"c{sep}{shard_index}" + f"{sep}0" * (self.ndim - 1)
 
     @classmethod
     def of(cls, arr: Any) -> ShardLayout | None:
@@ -63,7 +67,7 @@ class ShardLayout:
         from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
         meta = arr.metadata
-        if getattr(meta, "zarr_format", None) != 3 or len(arr.shape) != 1:
+        if getattr(meta, "zarr_format", None) != 3 or len(arr.shape) not in (1, 2):
             return None
         codecs = meta.codecs
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
@@ -100,14 +104,25 @@ class ShardLayout:
         shard = int(meta.chunk_grid.chunk_shape[0])
         if shard % chunk:
             return None
-        return cls(chunk, shard // chunk, dtype.itemsize, level, str(enc.separator))
+        row = 1
+        if len(arr.shape) == 2:  # whole rows per chunk and per shard: bytes as in 1-D
+            row = int(arr.shape[1])
+            if not (int(sharding.chunk_shape[1]) == int(meta.chunk_grid.chunk_shape[1]) == row):
+                return None
+        return cls(
+            chunk, shard // chunk, dtype.itemsize * row, level, str(enc.separator), len(arr.shape)
+        )
 
 
 def _raw_bytes(data: NDArray[Any], layout: ShardLayout) -> NDArray[np.uint8]:
     """``data`` flat, little-endian, as bytes (a view where it already is)."""
     flat = np.ascontiguousarray(data).reshape(-1)
-    if flat.dtype.itemsize != layout.itemsize:
-        raise ValueError(f"data of item size {flat.dtype.itemsize}, array of {layout.itemsize}")
+    row = flat.dtype.itemsize * (int(data.shape[1]) if data.ndim == 2 else 1)
+    if row != layout.itemsize or data.ndim != layout.ndim:
+        raise ValueError(
+            f"data of {data.ndim} dimension(s) and {row}-byte elements, array of "
+            f"{layout.ndim} and {layout.itemsize}"
+        )
     if flat.dtype.byteorder == ">" or (flat.dtype.byteorder == "=" and not np.little_endian):
         flat = flat.astype(flat.dtype.newbyteorder("<"))
     return flat.view(np.uint8)
