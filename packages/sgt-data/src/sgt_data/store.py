@@ -359,6 +359,9 @@ def _field_digests(
     return out
 
 
+#: factor by which the writer grows an array's shape when a batch needs more room
+_GROWTH: Final = 8
+
 #: the folder (in the store) where batches are encoded before their commit moves them in place
 STAGING_DIR: Final = "_staging"
 
@@ -650,8 +653,8 @@ class StoreWriter:
             arr = self._arrays[spec.path]
             if arr.shape[0] < pos:
                 # grow by whole shards, geometrically (each resize rewrites the array's
-                # metadata, and every batch starts a shard further on); finish() trims
-                arr.resize((max(_align(pos, unit), 2 * int(arr.shape[0])),))
+                # metadata through zarr, ~2 ms; the shape alone costs no disk); finish() trims
+                arr.resize((max(_align(pos, unit), _GROWTH * int(arr.shape[0])),))
             layout = self._layouts[spec.path]
             if layout is not None:
                 first = start // layout.shard
@@ -667,7 +670,7 @@ class StoreWriter:
             extent[spec.path] = pos
         if n:
             if self._index.shape[0] < n0 + n:
-                grown = max(n0 + n, 2 * int(self._index.shape[0]))
+                grown = max(n0 + n, _GROWTH * int(self._index.shape[0]))
                 self._index.resize((grown, len(self._columns)))
             self._write_index(n0, rows)
         counts = dict(j["task_counts"])
