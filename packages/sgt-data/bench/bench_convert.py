@@ -137,6 +137,30 @@ def _convert(
     return wall, cpu, steady, own
 
 
+def _commit_only(ann: Path, images: Path, out: Path) -> float:
+    """CPU s per image of the parent's commits alone (batches staged beforehand, untimed):
+    what bounds the rate however many workers convert and stage."""
+    from sgt_data.convert._base import _process
+    from sgt_data.store import SampleRecord, StoreWriter
+
+    shutil.rmtree(out, ignore_errors=True)
+    conv = CocoInstancesConverter(ann, images, ConvertOptions(name="bench"))
+    items, _ = conv.list_items()
+    writer = StoreWriter.open(
+        out, name="bench", fields=conv.fields(), batch_size=BATCH, fingerprint={"bench": 1}
+    )
+    staged = []
+    for lo in range(0, len(items), BATCH):
+        records = [_process(conv, it) for it in items[lo : lo + BATCH]]
+        good = [r for r in records if isinstance(r, SampleRecord)]
+        assert len(good) == len(records)
+        staged.append((min(lo + BATCH, len(items)), writer.stager.stage(good, f"b{lo}")))
+    c0 = _self_cpu()
+    for hi, batch in staged:
+        writer.commit(batch, hi)
+    return (_self_cpu() - c0) / len(items)
+
+
 def _listing(ann: Path, images: Path) -> float:
     """CPU s of listing the annotation file (the serial part before any worker starts), as
     ``run_conversion`` lists it (the cyclic garbage collector paused)."""
@@ -200,6 +224,7 @@ def main() -> None:
             runs.setdefault(("convert coco + Canny edges", 1), []).append(
                 _convert(ann, images_dir, root / "e", 1, edge=True)
             )
+        commit_cpu = min(_commit_only(ann, images_dir, root / "c") for _ in range(REPEATS))
         jpeg_kb = np.mean([p.stat().st_size for p in images]) / 1024
     load = os.getloadavg()[0]
     dec_wall, dec_cpu = _best(decode_runs)
@@ -247,6 +272,10 @@ def main() -> None:
         f"serial work per image with 2 workers: parent {parent:.3f} ms CPU, of which listing "
         f"{listed:.3f} ms and pool start + commits + manifest {parent - listed:.3f} ms; "
         f"workers {worker / N_IMAGES * 1e3:.3f} ms"
+    )
+    print(
+        f"the parent's commits alone (batches staged beforehand): {commit_cpu * 1e3:.3f} ms CPU "
+        f"per image, a ceiling of {1 / commit_cpu:.0f} images/s however many workers stage"
     )
     for workers in (1, 2):
         start_cpu = min(x[1] for x in runs[(fresh_name, workers)]) - min(
