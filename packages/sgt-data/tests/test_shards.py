@@ -110,7 +110,13 @@ def test_row_chunked_2d_shards_are_byte_identical_to_zarrs(tmp_path: Path) -> No
     np.testing.assert_array_equal(ours[:37], rows)
 
 
-def test_write_file_takes_more_buffers_than_one_writev(tmp_path: Path) -> None:
-    bufs = [np.full(3, k % 251, dtype=np.uint8) for k in range(2500)] + [b"", b"end"]
+@pytest.mark.parametrize("writev", [True, False])
+def test_write_file_takes_more_buffers_than_one_writev(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writev: bool
+) -> None:
+    if not writev:  # as on Windows
+        monkeypatch.delattr("os.writev", raising=False)
+    bufs = [np.full(3, k % 251, dtype=np.uint8) for k in range(2500)] + [b"", b"end\n"]
+    (tmp_path / "f").write_bytes(b"x" * 20000)  # replaced, not overwritten in place
     write_file(tmp_path / "f", bufs)
     assert (tmp_path / "f").read_bytes() == b"".join(bytes(b) for b in bufs)

@@ -202,11 +202,13 @@ def write_file(path: Path, bufs: Sequence[Any]) -> None:
     """Write buffers (e.g. one shard file from :func:`encode_shards`) one after the other into
     a new file at ``path`` (replacing any there)."""
     views = [v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, 0o666)
     try:
         for g in range(0, len(views), _IOV_BATCH):
             group = views[g : g + _IOV_BATCH]
-            done = os.writev(fd, group)
+            # one system call for the group where there is writev (not on Windows)
+            done = os.writev(fd, group) if hasattr(os, "writev") else 0
             for v in group:  # after a short write, the rest one buffer at a time
                 if done >= v.nbytes:
                     done -= v.nbytes
