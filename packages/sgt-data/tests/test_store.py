@@ -5,6 +5,7 @@ work in forked workers."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_convers
 from sgt_data.convert.example import write_voc_coco
 from sgt_data.errors import StoreError
 from sgt_data.schema import TaskKind
-from sgt_data.store import JOURNAL_FILE, SampleStore, StoreWriter, verify_store
+from sgt_data.store import JOURNAL_FILE, MANIFEST_FILE, SampleStore, StoreWriter, verify_store
 
 _SCRIPT = """
 import sys
@@ -316,4 +317,49 @@ def test_own_shard_writers_give_the_files_zarr_writes(
         assert ours[name] == theirs[name], name
     assert SampleStore.open(tmp_path / "ours").manifest.skipped[0].item_id == victim.stem.lstrip(
         "0"
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+def test_fsync_makes_every_commit_durable_before_its_journal(
+    source: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``fsync``, each commit syncs its batch's shard files (while staged), the index
+    shard, the directories they were renamed into and resized arrays' metadata before the
+    journal that names the batch committed; ``finish`` syncs zarr's metadata before the
+    manifest. Without it nothing is synced."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+
+    def convert(out: Path, fsync: bool) -> None:
+        conv = CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True))
+        run_conversion(conv, out, batch_size=4, fsync=fsync)
+
+    convert(tmp_path / "plain", False)
+    assert synced == []
+    out = tmp_path / "durable"
+    convert(out, True)
+    journal = f"/.{JOURNAL_FILE}."  # its temporary file, synced before the rename
+    commits = [i for i, p in enumerate(synced) if journal in p]
+    assert len(commits) == 1 + 4 + 1  # created, 4 batches (14 items / 4), finished
+    for a, b in itertools.pairwise(commits[:5]):
+        batch = synced[a + 1 : b]
+        assert any("/_staging/" in p for p in batch), batch  # its shard files
+        assert any("/index/c/" in p and p.endswith(".tmp") for p in batch), batch
+        assert any(p.endswith("/c") for p in batch), batch  # the renames' directories
+    staged = [p for p in synced if "/_staging/" in p]
+    data_shards = [p for p in out.rglob("c/*") if p.is_file() and "index" not in p.parts]
+    assert len(staged) == len(data_shards)
+    tail = synced[commits[4] + 1 : commits[5]]
+    assert any(p.endswith("/zarr.json") for p in tail), tail
+    assert any(f"/.{MANIFEST_FILE}." in p for p in tail), tail
+    assert (
+        SampleStore.open(out).manifest.arrays
+        == SampleStore.open(tmp_path / "plain").manifest.arrays
     )

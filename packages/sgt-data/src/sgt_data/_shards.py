@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ShardLayout", "encode_shards", "write_file"]
+__all__ = ["ShardLayout", "encode_shards", "sync_path", "write_file"]
 
 _ABSENT = np.uint64(2**64 - 1)
 
@@ -198,9 +198,21 @@ def encode_shards(
 _IOV_BATCH = 512
 
 
-def write_file(path: Path, bufs: Sequence[Any]) -> None:
+def sync_path(path: Path) -> None:
+    """fsync a file or a directory (its entries: files created or renamed in it), where the
+    system allows it (POSIX; elsewhere nothing)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, bufs: Sequence[Any], *, sync: bool = False) -> None:
     """Write buffers (e.g. one shard file from :func:`encode_shards`) one after the other into
-    a new file at ``path`` (replacing any there)."""
+    a new file at ``path`` (replacing any there); ``sync``: fsync it before returning."""
     views = [v for v in (memoryview(b).cast("B") for b in bufs) if v.nbytes]
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags, 0o666)
@@ -217,5 +229,7 @@ def write_file(path: Path, bufs: Sequence[Any]) -> None:
                 while rest.nbytes:
                     rest = rest[os.write(fd, rest) :]
                 done = 0
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)

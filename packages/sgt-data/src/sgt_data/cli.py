@@ -51,6 +51,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="delete an existing store at --out first"
     )
+    p.add_argument(
+        "--fsync",
+        action="store_true",
+        help="fsync every commit: the store survives a crash of the machine, not only of the run",
+    )
     p.add_argument("--seed", type=int, default=0, help="palette seed (default 0)")
     p.add_argument(
         "--max-instances", type=int, default=None, help="instance colours in the palette"
@@ -117,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--fsync", action="store_true", help="fsync every commit (as for convert)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("inspect", help="print a store's manifest summary")
@@ -211,6 +217,7 @@ def _convert(args: argparse.Namespace) -> int:
             skip_bad=args.skip_bad,
             overwrite=args.overwrite,
             progress=bar,
+            fsync=args.fsync,
         )
     finally:
         bar.close()
@@ -224,7 +231,12 @@ def _merge(args: argparse.Namespace) -> int:
     bar = _Bar(not args.no_progress, "merge")
     try:
         m = merge_stores(
-            args.parts, args.out, batch_size=args.batch_size, overwrite=args.overwrite, progress=bar
+            args.parts,
+            args.out,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            progress=bar,
+            fsync=args.fsync,
         )
     finally:
         bar.close()

@@ -36,7 +36,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from sgt_data._shards import ShardLayout, encode_shards, write_file
+from sgt_data._shards import ShardLayout, encode_shards, sync_path, write_file
 from sgt_data.errors import StoreError
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, StoreManifest, TaskKind, Turn
 
@@ -218,10 +218,16 @@ def seal_record(rec: SampleRecord, fields: Sequence[FieldSpec]) -> None:
     rec.sealed = (tuple(s.path for s in specs), tuple(flats), crc)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _atomic_write_text(path: Path, text: str, sync: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if sync:
+        sync_path(path.parent)
 
 
 def _align(n: int, k: int) -> int:
@@ -392,6 +398,8 @@ class BatchStager:
     fields: tuple[FieldSpec, ...]
     layouts: tuple[ShardLayout | None, ...]
     root: str
+    #: fsync every staged file (``StoreWriter.open(fsync=True)``)
+    sync: bool = False
 
     def stage(self, records: Sequence[SampleRecord], name: str) -> StagedBatch:
         """Encode ``records`` (in order) into the staging folder ``name`` (replacing it)."""
@@ -433,7 +441,7 @@ class BatchStager:
                 continue
             files = encode_shards(parts, layout)  # views of the records' arrays, no joined copy
             for k, bufs in enumerate(files):
-                write_file(out / f"{fi}.{k}", bufs)
+                write_file(out / f"{fi}.{k}", bufs, sync=self.sync)
             shards.append(len(files))
         return StagedBatch(str(out), rows, tuple(digests), tuple(shards), counts)
 
@@ -441,9 +449,11 @@ class BatchStager:
 class StoreWriter:
     """Writes a store batch by batch; re-opening an unfinished store with the same fingerprint resumes it."""
 
-    def __init__(self, path: Path, journal: dict[str, Any]) -> None:
+    def __init__(self, path: Path, journal: dict[str, Any], fsync: bool = False) -> None:
         self.path = path
         self._journal = journal
+        #: fsync what each commit makes durable before the journal says it is committed
+        self._sync = fsync
         self._fields = [FieldSpec(**f) for f in journal["fields"]]
         self._columns = _columns(self._fields)
         self._group = _zarr().open_group(str(path), mode="r+")
@@ -459,6 +469,7 @@ class StoreWriter:
             tuple(self._fields),
             tuple(self._layouts[f.path] for f in self._fields),
             str(path / STAGING_DIR),
+            fsync,
         )
         # the index is written directly too (zarr's read-modify-write of its shard cost ~5 ms
         # per batch in the serial writer); the rows of its current shard are kept here
@@ -484,8 +495,13 @@ class StoreWriter:
         fingerprint: Mapping[str, Any],
         overwrite: bool = False,
         resumable_from: Mapping[str, Any] | None = None,
+        fsync: bool = False,
     ) -> StoreWriter:
         """Create a store, or resume the unfinished one at ``path`` written with the same fingerprint.
+
+        ``fsync``: make every commit durable (files and directory entries synced before the
+        journal names the batch committed, and the journal itself), for runs that must survive
+        a machine's crash or power loss, not only a killed process; slower on real disks.
 
         ``resumable_from`` maps fingerprint keys to the one earlier value from which a run may
         resume with another value (e.g. ``{"skip_bad": False}``: a strict run may go on with
@@ -526,7 +542,7 @@ class StoreWriter:
                 journal["items_done"],
                 journal["samples"],
             )
-            return cls(root, journal)
+            return cls(root, journal, fsync)
         if root.exists() and any(root.iterdir()):
             if (root / MANIFEST_FILE).exists() or (root / "zarr.json").exists():
                 raise StoreError(
@@ -572,8 +588,13 @@ class StoreWriter:
             "align": "shard",
             "layout": LAYOUT_VERSION,
         }
-        _atomic_write_text(journal_path, json.dumps(journal))
-        return cls(root, journal)
+        if fsync:  # zarr's metadata of the new store, before the journal that vouches for it
+            for meta in sorted(root.rglob("zarr.json")):
+                sync_path(meta)
+            for d in sorted({m.parent for m in root.rglob("zarr.json")}):
+                sync_path(d)
+        _atomic_write_text(journal_path, json.dumps(journal), fsync)
+        return cls(root, journal, fsync)
 
     @property
     def items_done(self) -> int:
@@ -638,6 +659,7 @@ class StoreWriter:
             {k: h.copy() for k, h in self._hashes.items()} if self._hashes is not None else None
         )
         src = Path(staged.directory)
+        touched: set[Path] = set()  # directories and metadata files to fsync before the journal
         for fi, spec in enumerate(self._fields):
             lengths = staged.rows[:, 4 + fi]
             total = int(lengths.sum())
@@ -655,6 +677,7 @@ class StoreWriter:
                 # grow by whole shards, geometrically (each resize rewrites the array's
                 # metadata through zarr, ~2 ms; the shape alone costs no disk); finish() trims
                 arr.resize((max(_align(pos, unit), _GROWTH * int(arr.shape[0])),))
+                touched.add(self.path / spec.path / "zarr.json")
             layout = self._layouts[spec.path]
             if layout is not None:
                 first = start // layout.shard
@@ -663,6 +686,7 @@ class StoreWriter:
                     dest = target / layout.key(first + r)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src / f"{fi}.{r}", dest)
+                    touched.add(dest.parent)
             else:
                 arr[start:pos] = np.load(src / f"{fi}.npy")
             if hashes is not None:
@@ -672,6 +696,7 @@ class StoreWriter:
             if self._index.shape[0] < n0 + n:
                 grown = max(n0 + n, _GROWTH * int(self._index.shape[0]))
                 self._index.resize((grown, len(self._columns)))
+                touched.add(self.path / "index" / "zarr.json")
             self._write_index(n0, rows)
         counts = dict(j["task_counts"])
         for t, c in staged.task_counts.items():
@@ -683,7 +708,10 @@ class StoreWriter:
             task_counts=counts,
             skipped=[*j["skipped"], *[s.model_dump() for s in skipped]],
         )
-        _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j))
+        if self._sync:
+            for p in sorted(touched):
+                sync_path(p)
+        _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j), self._sync)
         self._hashes = hashes
         shutil.rmtree(src, ignore_errors=True)
 
@@ -713,8 +741,10 @@ class StoreWriter:
             dest = self.path / "index" / layout.key(s)
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            write_file(tmp, bufs)
+            write_file(tmp, bufs, sync=self._sync)
             os.replace(tmp, dest)
+            if self._sync:
+                sync_path(dest.parent)
             pos = hi
 
     def finish(
@@ -763,9 +793,14 @@ class StoreWriter:
         attrs = dict(self._group.attrs["sgt"])
         attrs["complete"] = True
         self._group.attrs["sgt"] = attrs
-        _atomic_write_text(self.path / MANIFEST_FILE, manifest.model_dump_json(indent=2))
+        if self._sync:  # zarr's metadata (trimmed shapes, attributes) before the manifest
+            for meta in sorted(self.path.rglob("zarr.json")):
+                sync_path(meta)
+        _atomic_write_text(
+            self.path / MANIFEST_FILE, manifest.model_dump_json(indent=2), self._sync
+        )
         j["finished"] = True
-        _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j))
+        _atomic_write_text(self.path / JOURNAL_FILE, json.dumps(j), self._sync)
         shutil.rmtree(self.path / STAGING_DIR, ignore_errors=True)
         return manifest
 

@@ -728,16 +728,21 @@ def run_conversion(
     skip_bad: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    fsync: bool = False,
 ) -> StoreManifest:
     """Convert ``conv``'s items (or shard ``i`` of ``N`` contiguous blocks of them) into a store at
     ``out``, resuming an interrupted run with the same inputs and options. ``batch_size`` input
-    items make one committed batch, which one worker converts and writes."""
+    items make one committed batch, which one worker converts and writes. ``fsync``: make each
+    commit durable against a crash of the machine (see ``StoreWriter.open``); not part of the
+    resume fingerprint."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with _frozen_heap():
-        return _run_conversion(conv, out, workers, shard, batch_size, skip_bad, overwrite, progress)
+        return _run_conversion(
+            conv, out, workers, shard, batch_size, skip_bad, overwrite, progress, fsync
+        )
 
 
 @contextlib.contextmanager
@@ -780,6 +785,7 @@ def _run_conversion(
     skip_bad: bool,
     overwrite: bool,
     progress: Progress | None,
+    fsync: bool,
 ) -> StoreManifest:
     with _no_cyclic_gc():
         items, problems = conv.list_items()
@@ -807,6 +813,7 @@ def _run_conversion(
         overwrite=overwrite,
         # everything a strict run committed is good, so it may go on with --skip-bad
         resumable_from={"skip_bad": False},
+        fsync=fsync,
     )
     if writer.finished:
         _log.info("%s is already complete", out)
@@ -854,8 +861,10 @@ def merge_stores(
     batch_size: int = 64,
     overwrite: bool = False,
     progress: Progress | None = None,
+    fsync: bool = False,
 ) -> StoreManifest:
-    """Concatenate finished stores (e.g. the ``--shard i/N`` outputs, in order) into one store."""
+    """Concatenate finished stores (e.g. the ``--shard i/N`` outputs, in order) into one store
+    (``fsync``: durable commits, as in :func:`run_conversion`)."""
     if not parts:
         raise StoreError("merge needs at least one store")
     stores = [SampleStore.open(p) for p in parts]
@@ -879,6 +888,7 @@ def merge_stores(
         batch_size=batch_size,
         fingerprint=fp,
         overwrite=overwrite,
+        fsync=fsync,
     )
     total = sum(len(s) for s in stores)
     flat = [(si, k) for si, s in enumerate(stores) for k in range(len(s))]
