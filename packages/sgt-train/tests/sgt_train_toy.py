@@ -8,7 +8,7 @@ target image from an image), and its noise comes from the global torch RNG like 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -174,9 +174,15 @@ class ToySource:
     """Interleaves micro-batches by ``mixture.pattern``; rank r takes every world-th micro-batch."""
 
     def __init__(
-        self, mixture: MixtureConfig, micro_batch_size: int, rank: int = 0, world_size: int = 1
+        self,
+        mixture: MixtureConfig,
+        micro_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        sample: Callable[[int, TaskKind, int], Sample] = toy_sample,
     ) -> None:
         tasks = {s.name: s.task for s in mixture.sources}
+        self.sample = sample  # (index, task, seed) -> Sample
         pattern = mixture.pattern or tuple(s.name for s in mixture.sources)
         self.tasks = [tasks[name] for name in pattern]
         self.mbs = micro_batch_size
@@ -190,7 +196,7 @@ class ToySource:
             global_mb = self.position * self.world + self.rank
             task = self.tasks[self.position % len(self.tasks)]
             first = global_mb * self.mbs
-            batch = [toy_sample(first + j, task, self.seed) for j in range(self.mbs)]
+            batch = [self.sample(first + j, task, self.seed) for j in range(self.mbs)]
             self.position += 1
             yield batch
 

@@ -10,7 +10,6 @@ its own module's forward would fail or train wrongly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,17 @@ from sgt_data import Sample, TaskKind
 from sgt_train import validate_run_config
 from sgt_train.export import export_run
 from sgt_train.loop import FitResult, fit
+from sgt_train_toy import ToySource
 
-PATTERN = (
-    TaskKind.SEGMENTATION,
-    TaskKind.SEGMENTATION,
-    TaskKind.UNDERSTANDING,
-    TaskKind.TEXT_TO_IMAGE,
-)
 STEPS = 4
 #: Parameters whose gradient is zero in exact arithmetic (softmax ignores a bias shared by all
 #: keys), so that only rounding noise drives their (Adam-normalised) updates.
 ZERO_GRADIENT = tuple(f"vision_encoder.encoder.layers.{i}.self_attn.k_proj.bias" for i in (0, 1))
 
 
-def _sample(index: int, task: TaskKind) -> Sample:
-    rng = np.random.default_rng([11, index])
+def _sample(index: int, task: TaskKind, seed: int = 11) -> Sample:
+    """A sample the reference model takes (64x64 images; text-to-image without an image)."""
+    rng = np.random.default_rng([seed, index])
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     if task is TaskKind.UNDERSTANDING:
         return Sample(
@@ -56,25 +51,6 @@ def _sample(index: int, task: TaskKind) -> Sample:
         image=image if task is TaskKind.SEGMENTATION else None,
         target_image=255 - image,
     )
-
-
-class _PatternSource:
-    """Micro-batches of two samples, one task each, cycling through ``PATTERN``."""
-
-    def __init__(self) -> None:
-        self.position = 0
-
-    def __iter__(self) -> Iterator[list[Sample]]:
-        while True:
-            task = PATTERN[self.position % len(PATTERN)]
-            yield [_sample(2 * self.position + j, task) for j in range(2)]
-            self.position += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.position = int(state["position"])
 
 
 def _config(out: Path, stage: int) -> Any:
@@ -123,7 +99,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, _Run]:
     out: dict[int, _Run] = {}
     for stage in (2, 3):
         root = tmp_path_factory.mktemp(f"z{stage}")
-        result = fit(_config(root, stage), source=_PatternSource(), resume=False)
+        cfg = _config(root, stage)
+        # micro-batches of two samples, one task each, cycling through the config's pattern
+        source = ToySource(cfg.data, cfg.micro_batch_size, sample=_sample)
+        result = fit(cfg, source=source, resume=False)
         out[stage] = _Run(
             result,
             export_run(result.run_dir, root / "raw", ema=False),

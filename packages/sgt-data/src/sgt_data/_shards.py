@@ -1,4 +1,4 @@
-"""Whole shard files of a sharded 1-D zarr v3 array, encoded without going through zarr.
+"""Whole shard files of a sharded zarr v3 array (1-D, or 2-D in whole rows), encoded without zarr.
 
 A store batch always starts on a shard boundary of every flat array and never shares a shard with
 another batch, so its shards are fresh files whose bytes depend only on the batch's data. Writing
@@ -150,10 +150,11 @@ def encode_shards(
     if layout.zstd_level is not None:  # compressed chunks: each encodes its own bytes
         from numcodecs import Zstd
 
+        if not raws:
+            return files
         zstd = Zstd(level=layout.zstd_level)
-        raw = np.concatenate(raws) if len(raws) > 1 else (raws[0] if raws else None)
-        for s0 in range(0, 0 if raw is None else raw.size, shard_bytes):
-            assert raw is not None
+        raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
+        for s0 in range(0, raw.size, shard_bytes):
             part = raw[s0 : s0 + shard_bytes]
             index = np.full((layout.chunks_per_shard, 2), _ABSENT, dtype="<u8")
             bufs: list[Any] = []

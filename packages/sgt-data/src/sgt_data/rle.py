@@ -847,6 +847,19 @@ def as_compressed(
     return _rle_dicts(packed.counts, packed.offs, packed.sizes)[0]
 
 
+def _check_polygons(
+    polygons: object, h: int, w: int, image_id: IdLike | None, ann_id: IdLike | None
+) -> list[IdLike] | None:
+    """Check an annotation's size and that its polygons are a non-empty list; its ids for errors."""
+    ids = _ids(ann_id)
+    _check_hw(h, w, (0, image_id, ids))
+    if not isinstance(polygons, (list, tuple)) or not polygons:
+        raise _error(
+            "polygons must be a non-empty list of [x0, y0, x1, y1, ...] lists", 0, image_id, ids
+        )
+    return ids
+
+
 def polygons_to_rle(
     polygons: Sequence[Sequence[float]],
     h: int,
@@ -859,12 +872,7 @@ def polygons_to_rle(
 
     Pixel-identical to ``pycocotools.mask.merge(pycocotools.mask.frPyObjects(polygons, h, w))``.
     """
-    ids = _ids(ann_id)
-    _check_hw(h, w, (0, image_id, ids))
-    if not isinstance(polygons, (list, tuple)) or not polygons:
-        raise _error(
-            "polygons must be a non-empty list of [x0, y0, x1, y1, ...] lists", 0, image_id, ids
-        )
+    ids = _check_polygons(polygons, h, w, image_id, ann_id)
     if len(polygons) == 1:
         fast = _polygon_rle_fast(polygons[0], h, w)
         if fast is not None:
@@ -889,12 +897,7 @@ def polygons_to_counts(
     them directly (``{"size": [h, w], "counts": counts}`` in :func:`paint_label_map`) instead
     of encoding a string that is parsed again.
     """
-    ids = _ids(ann_id)
-    _check_hw(h, w, (0, image_id, ids))
-    if not isinstance(polygons, (list, tuple)) or not polygons:
-        raise _error(
-            "polygons must be a non-empty list of [x0, y0, x1, y1, ...] lists", 0, image_id, ids
-        )
+    ids = _check_polygons(polygons, h, w, image_id, ann_id)
     parts = []
     for p in polygons:
         c = _polygon_counts_fast(p, h, w)

@@ -585,7 +585,6 @@ class StoreWriter:
             "skipped": [],
             "task_counts": {},
             "finished": False,
-            "align": "shard",
             "layout": LAYOUT_VERSION,
         }
         if fsync:  # zarr's metadata of the new store, before the journal that vouches for it
