@@ -7,6 +7,7 @@ from importlib.metadata import version as _version
 
 from sgt_models.config import (
     AdapterConfig,
+    AdapterConfigBase,
     BagelAdapterConfig,
     FlowMatchingConfig,
     FreezePolicy,
@@ -21,13 +22,21 @@ from sgt_models.protocol import (
     ModelBatch,
     UnifiedModelAdapter,
 )
-from sgt_models.registry import AdapterLoadError, build_adapter, load_adapter
+from sgt_models.registry import (
+    AdapterLoadError,
+    ModelFamily,
+    build_adapter,
+    family_of,
+    load_adapter,
+    register_family,
+)
 
 __version__ = _version("sgt-models")
 
 __all__ = [
     "PARAMETER_GROUPS",
     "AdapterConfig",
+    "AdapterConfigBase",
     "AdapterLoadError",
     "BagelAdapterConfig",
     "FlowMatchingConfig",
@@ -36,10 +45,13 @@ __all__ = [
     "LossOutput",
     "LossWeights",
     "ModelBatch",
+    "ModelFamily",
     "OmniGen2AdapterConfig",
     "ReferenceAdapterConfig",
     "UnifiedModelAdapter",
     "__version__",
     "build_adapter",
+    "family_of",
     "load_adapter",
+    "register_family",
 ]

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "AdapterConfig",
+    "AdapterConfigBase",
     "BagelAdapterConfig",
     "FlowMatchingConfig",
     "FreezePolicy",
@@ -61,8 +62,13 @@ class FlowMatchingConfig(BaseModel):
         return self
 
 
-class _AdapterBase(BaseModel):
+class AdapterConfigBase(BaseModel):
+    """What every adapter config has; a downstream family's config subclasses it and adds
+    ``kind: Literal["its-kind"]`` (see ``sgt_models.registry``)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
 
     freeze: FreezePolicy = FreezePolicy()
     flow: FlowMatchingConfig = FlowMatchingConfig()
@@ -76,7 +82,7 @@ class _AdapterBase(BaseModel):
     )
 
 
-class ReferenceAdapterConfig(_AdapterBase):
+class ReferenceAdapterConfig(AdapterConfigBase):
     """The small reference unified model that trains on a CPU (``tiny``) or a GPU (``small``)."""
 
     kind: Literal["reference"] = "reference"
@@ -104,7 +110,7 @@ class ReferenceAdapterConfig(_AdapterBase):
         return self
 
 
-class BagelAdapterConfig(_AdapterBase):
+class BagelAdapterConfig(AdapterConfigBase):
     """BAGEL-7B-MoT (Qwen2.5 MoT + SigLIP + FLUX VAE), from a local checkpoint folder."""
 
     kind: Literal["bagel"] = "bagel"
@@ -125,7 +131,7 @@ class BagelAdapterConfig(_AdapterBase):
     finetune_from_ema: bool = True
 
 
-class OmniGen2AdapterConfig(_AdapterBase):
+class OmniGen2AdapterConfig(AdapterConfigBase):
     """OmniGen2 (Qwen2.5-VL-3B MLLM + Lumina-2 style DiT + FLUX VAE), from a local pipeline folder."""
 
     kind: Literal["omnigen2"] = "omnigen2"

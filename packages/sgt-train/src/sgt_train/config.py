@@ -9,10 +9,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sgt_data import MixtureConfig
-from sgt_models import AdapterConfig, LossWeights
+from sgt_models import AdapterConfig, AdapterConfigBase, LossWeights
 
 __all__ = [
     "RUN_CONFIG_SCHEMA_VERSION",
@@ -30,6 +39,9 @@ __all__ = [
 ]
 
 RUN_CONFIG_SCHEMA_VERSION: Literal[1] = 1
+
+_ADAPTER_CONFIG: TypeAdapter[AdapterConfig] = TypeAdapter(AdapterConfig)
+_BUILTIN_KINDS = ("reference", "bagel", "omnigen2")
 
 
 class _Strict(BaseModel):
@@ -104,7 +116,9 @@ class RunConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = "runs"
     seed: int = 0
-    model: AdapterConfig
+    model: SerializeAsAny[AdapterConfigBase] = Field(
+        description="the adapter config; `kind` picks the model family (built-in or registered)"
+    )
     init_from: str | None = Field(
         default=None, description="folder written by save_pretrained/export"
     )
@@ -128,6 +142,25 @@ class RunConfig(_Strict):
     deepspeed: dict[str, Any] = Field(
         default_factory=dict, description="raw DeepSpeed keys merged over the derived config"
     )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _parse_model(cls, value: Any) -> Any:
+        # Built-in kinds validate through the discriminated union (errors keep their field
+        # paths); a kind a downstream package registered validates through its own class.
+        if isinstance(value, AdapterConfigBase):
+            return value
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind not in _BUILTIN_KINDS:
+            from sgt_models import registry
+
+            try:
+                family = registry.family_of(kind)
+            except registry.AdapterLoadError:
+                pass  # unknown: the union below names the expected kinds
+            else:
+                return family.config_type.model_validate(value)
+        return _ADAPTER_CONFIG.validate_python(value)
 
     @model_validator(mode="after")
     def _check_schedule(self) -> RunConfig:
