@@ -40,7 +40,30 @@ WEIGHT_ATOL = 2e-6
 
 def _config(out: Path, zero: dict[str, Any], steps: int, **changes: Any) -> RunConfig:
     data = {**make_config(str(out), 0, steps=steps, every=steps), "zero": zero, **changes}
+    if zero.get("stage") == 3 and changes.get("gradient_accumulation", 1) > 1:
+        # validation refuses this combination (test below); build it unvalidated to keep
+        # pinning DeepSpeed's behaviour, so that a fixed DeepSpeed turns the xfail into a pass
+        accumulation = changes.pop("gradient_accumulation")
+        base = validate_run_config({**data, "gradient_accumulation": 1})
+        return base.model_copy(update={"gradient_accumulation": accumulation})
     return validate_run_config(data)
+
+
+def test_zero3_offload_with_accumulation_is_refused_naming_the_defect(tmp_path: Path) -> None:
+    data = {
+        **make_config(str(tmp_path), 0, steps=2, every=2),
+        "zero": {"stage": 3, "offload_optimizer": True},
+        "gradient_accumulation": 2,
+    }
+    with pytest.raises(
+        ValueError, match=r"zero\.stage 3 with CPU offload and gradient_accumulation > 1 is refused"
+    ) as info:
+        validate_run_config(data, "run.yaml")
+    message = str(info.value)
+    assert "run.yaml" in message
+    assert "gradient_accumulation: 1" in message
+    assert "zero.stage 2 with offload_optimizer" in message
+    validate_run_config({**data, "gradient_accumulation": 1})  # without accumulation: accepted
 
 
 def _toy_fit(config: RunConfig, hooks: Hooks | None = None) -> FitResult:

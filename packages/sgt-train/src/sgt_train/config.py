@@ -163,6 +163,23 @@ class RunConfig(_Strict):
         return _ADAPTER_CONFIG.validate_python(value)
 
     @model_validator(mode="after")
+    def _check_zero3_offload(self) -> RunConfig:
+        zero = self.zero
+        if (
+            zero.stage == 3
+            and (zero.offload_optimizer or zero.offload_params)
+            and self.gradient_accumulation > 1
+        ):
+            raise ValueError(
+                "zero.stage 3 with CPU offload and gradient_accumulation > 1 is refused: under "
+                "DeepSpeed 0.19 a parameter that gets no gradient in some micro-batches of a step "
+                "(a task-routed batch) trains differently from the same run without offload. Use "
+                "gradient_accumulation: 1 (a larger micro-batch or token budget instead), ZeRO-3 "
+                "without offload, or zero.stage 2 with offload_optimizer"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_schedule(self) -> RunConfig:
         if self.schedule.warmup_steps > self.steps:
             raise ValueError(

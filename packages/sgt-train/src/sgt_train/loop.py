@@ -189,6 +189,16 @@ def _build_source(
 ) -> MicroBatchSource:
     from sgt_train.data import build_source
 
+    # A packed model (BAGEL) fills each micro-batch to a token budget; the packs are collated
+    # in this process, since their sizes are known only after the mixture's draws.
+    estimate = getattr(model, "estimate_num_tokens", None)
+    expected = getattr(config.model, "expected_num_tokens", None)
+    maximum = getattr(config.model, "max_num_tokens", None)
+    if callable(estimate) and isinstance(expected, int) and isinstance(maximum, int):
+        from sgt_train.packing import TokenBudgetStream
+
+        inner = build_source(config, rank, world_size, collate=None)
+        return TokenBudgetStream(inner, estimate, expected, maximum)
     return build_source(config, rank, world_size, collate=getattr(model, "collate", None))
 
 
@@ -250,70 +260,87 @@ class _GradNorm:
         )
         self._params = [p for p in engine.module.parameters() if p.requires_grad]
         self._max_norm = float(engine.gradient_clipping())
-        self._norm: float | None = None
+        self._norm: torch.Tensor | None = None
         if self._own and self._max_norm > 0:
             # the engine calls self.clip_fp32_gradients() right before the optimizer step
             engine.clip_fp32_gradients = self._clip
 
     def _clip(self) -> None:
-        norm = torch.nn.utils.clip_grad_norm_(self._params, self._max_norm)
-        self._norm = float(norm)
+        self._norm = torch.nn.utils.clip_grad_norm_(self._params, self._max_norm).detach()
 
     def before_step(self) -> None:
         """Call between the last backward of a step and its ``engine.step()``."""
         self._norm = None
         if self._own and self._max_norm <= 0:
             grads = [p.grad for p in self._params if p.grad is not None]
-            self._norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            self._norm = (
+                torch.nn.utils.get_total_norm(grads).detach() if grads else torch.zeros(())
+            )
 
-    def after_step(self) -> float | None:
-        """The norm of the step just taken (None only if DeepSpeed was told not to compute it)."""
+    def after_step(self) -> float | torch.Tensor | None:
+        """The norm of the step just taken (None only if DeepSpeed was told not to compute it);
+        a tensor is left on its device until the loop logs."""
         if self._own:
             return self._norm
         value = self._engine.get_global_grad_norm()
-        return None if value is None else float(value)
+        if value is None or isinstance(value, torch.Tensor):
+            return value
+        return float(value)
 
 
 class _StepStats:
-    """Sums over the micro-batches of one step, reduced across ranks as one flat tensor."""
+    """Sums over the micro-batches of one step, kept as one flat tensor on the engine's device.
 
-    def __init__(self) -> None:
+    Adding a micro-batch launches device work only; nothing is read back to the host until
+    :meth:`read`, which the loop calls when it logs (reading every step would make the host
+    wait for the device once per step, which at small micro-batches costs much throughput).
+    """
+
+    def __init__(self, device: torch.device) -> None:
         self.values = torch.zeros(
-            3 + 2 * len(_PARTS) + 2 * len(_TASKS) * len(_PARTS), dtype=torch.float64
+            3 + 2 * len(_PARTS) + 2 * len(_TASKS) * len(_PARTS),
+            dtype=torch.float64,
+            device=device,
         )
+        self.counts = torch.zeros_like(self.values, device="cpu")
+
+    @staticmethod
+    def _value(value: float | torch.Tensor) -> float | torch.Tensor:
+        return value.detach().to(torch.float64) if isinstance(value, torch.Tensor) else value
 
     def add(
         self,
-        total: float,
-        parts: Mapping[str, float],
-        per_task: Mapping[str, Mapping[str, float]],
+        total: torch.Tensor,
+        parts: Mapping[str, torch.Tensor | float],
+        per_task: Mapping[str, Mapping[str, torch.Tensor | float]],
         samples: int,
     ) -> None:
-        v = self.values
-        v[0] += total
-        v[1] += 1
-        v[2] += samples
+        v, c = self.values, self.counts
+        v[0] += self._value(total)
+        c[1] += 1
+        c[2] += samples
         for i, part in enumerate(_PARTS):
             if part in parts:
-                v[3 + 2 * i] += parts[part]
-                v[4 + 2 * i] += 1
+                v[3 + 2 * i] += self._value(parts[part])
+                c[4 + 2 * i] += 1
         base = 3 + 2 * len(_PARTS)
         for ti, task in enumerate(_TASKS):
             for pi, part in enumerate(_PARTS):
                 value = per_task.get(task, {}).get(part)
                 if value is not None:
                     j = base + 2 * (ti * len(_PARTS) + pi)
-                    v[j] += value
-                    v[j + 1] += 1
+                    v[j] += self._value(value)
+                    c[j + 1] += 1
 
-    def reduce(
-        self, world_size: int, device: torch.device
-    ) -> tuple[float, dict[str, float], dict[str, dict[str, float]], int]:
-        v = self.values
-        if world_size > 1:  # on the engine's device: NCCL reduces only CUDA tensors
-            on_device = v.to(device)
-            dist.all_reduce(on_device)
-            v = on_device.cpu()
+    def reduce(self, world_size: int) -> None:
+        """Sum over ranks, on the device (NCCL reduces only CUDA tensors); no host read."""
+        self.values += self.counts.to(self.values.device)
+        if world_size > 1:
+            dist.all_reduce(self.values)
+
+    def read(self) -> tuple[float, dict[str, float], dict[str, dict[str, float]], int]:
+        """The step's means (reads the device tensor back to the host)."""
+        v = self.values.cpu()
         loss = float(v[0] / v[1])
         parts = {
             p: float(v[3 + 2 * i] / v[4 + 2 * i]) for i, p in enumerate(_PARTS) if v[4 + 2 * i] > 0
@@ -326,6 +353,17 @@ class _StepStats:
                 if v[j + 1] > 0:
                     per_task.setdefault(task, {})[part] = float(v[j] / v[j + 1])
         return loss, parts, per_task, int(v[2])
+
+
+@dataclass
+class _PendingStep:
+    """A finished step whose metrics are still on the device."""
+
+    step: int
+    stats: _StepStats
+    lr: float
+    grad_norm: float | torch.Tensor | None
+    done_at: float
 
 
 class _MetricSinks:
@@ -470,10 +508,40 @@ def fit(
             ema_state=ema_state,
         )
 
+    pending: list[_PendingStep] = []
+
+    def flush() -> None:
+        """Read the pending steps' metrics back to the host; log them and call the hooks."""
+        nonlocal window_t, window_samples, samples_seen
+        for item in pending:
+            loss, parts_mean, per_task_mean, step_samples = item.stats.read()
+            samples_seen += step_samples
+            window_samples += step_samples
+            losses.append(loss)
+            norm = item.grad_norm
+            metrics = StepMetrics(
+                step=item.step,
+                total_steps=config.steps,
+                loss=loss,
+                parts=parts_mean,
+                per_task=per_task_mean,
+                lr=item.lr,
+                grad_norm=float(norm) if norm is not None else None,
+                samples=samples_seen,
+                samples_per_s=window_samples / max(item.done_at - window_t, 1e-9),
+                elapsed_s=item.done_at - t0,
+            )
+            if item.step % config.logging.every == 0 or item.step == config.steps:
+                sinks.write(metrics)
+                window_t, window_samples = item.done_at, 0
+            for callback in hooks.on_step:
+                callback(metrics)
+        pending.clear()
+
     try:
         with _Preemption() as preemption:
             while step < config.steps:
-                stats = _StepStats()
+                stats = _StepStats(device)
                 lr = float(engine.get_lr()[0])
                 for micro in range(config.gradient_accumulation):
                     item = next(batches)
@@ -486,9 +554,7 @@ def fit(
                         grad_norms.before_step()
                     engine.step()
                     parts = {  # a part normalised by zero tokens was absent from the batch
-                        k: float(v.detach())
-                        for k, v in out.parts.items()
-                        if out.token_counts.get(k, 1) > 0
+                        k: v for k, v in out.parts.items() if out.token_counts.get(k, 1) > 0
                     }
                     per_task = {
                         t: {p: v for p, v in d.items() if p in parts}
@@ -497,7 +563,7 @@ def fit(
                     tasks = set(batch.tasks)
                     if not per_task and len(tasks) == 1:
                         per_task = {tasks.pop(): parts}
-                    stats.add(float(out.total.detach()), parts, per_task, batch.num_samples)
+                    stats.add(out.total, parts, per_task, batch.num_samples)
                 step += 1
                 grad_norm = grad_norms.after_step()
                 if zero3:
@@ -505,36 +571,24 @@ def fit(
                 if ema is not None:
                     with ds_config.gathered_parameters([p for _, p in trainable], zero3):
                         ema.update(trainable)
+                stats.reduce(world)
+                pending.append(_PendingStep(step, stats, lr, grad_norm, time.perf_counter()))
 
-                loss, parts_mean, per_task_mean, step_samples = stats.reduce(world, device)
-                samples_seen += step_samples
-                window_samples += step_samples
-                losses.append(loss)
-                now = time.perf_counter()
-                metrics = StepMetrics(
-                    step=step,
-                    total_steps=config.steps,
-                    loss=loss,
-                    parts=parts_mean,
-                    per_task=per_task_mean,
-                    lr=lr,
-                    grad_norm=grad_norm,
-                    samples=samples_seen,
-                    samples_per_s=window_samples / max(now - window_t, 1e-9),
-                    elapsed_s=now - t0,
-                )
-                if step % config.logging.every == 0 or step == config.steps:
-                    sinks.write(metrics)
-                    window_t, window_samples = now, 0
-                for callback in hooks.on_step:
-                    callback(metrics)
-
+                # The host reads metrics (and ranks agree on a preemption) only at logging
+                # steps, checkpoints and the end, so that it never waits on the device between.
+                due = step % config.checkpoint.every == 0 and step >= config.checkpoint.save_after
+                sync = step % config.logging.every == 0 or step == config.steps or due
+                if sync:
+                    flush()
                 stop = preemption.requested
                 if world > 1:
-                    flag = torch.tensor([1.0 if stop else 0.0], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stop = bool(flag.item())
-                due = step % config.checkpoint.every == 0 and step >= config.checkpoint.save_after
+                    stop = False
+                    if sync:
+                        flag = torch.tensor([1.0 if preemption.requested else 0.0], device=device)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        stop = bool(flag.item())
+                if stop:
+                    flush()
                 if stop or due or step == config.steps:
                     last_checkpoint = save()
                 if stop:
