@@ -74,6 +74,13 @@ def export_run(
             f"{ckpt}: checkpoint does not match the model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
+    merge = getattr(model, "merge_lora", None)
+    if callable(merge):
+        # LoRA runs export merged weights in the family's official layout, which upstream
+        # tools read (a model without LoRA adapters returns itself unchanged)
+        merged = merge()
+        if isinstance(merged, torch.nn.Module):
+            model = merged
     target = Path(out)
     model.save_pretrained(target)  # type: ignore[operator]
     _log.info("exported %s weights of %s to %s", "EMA" if ema else "raw", ckpt, target)

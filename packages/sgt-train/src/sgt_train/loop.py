@@ -273,9 +273,7 @@ class _GradNorm:
         self._norm = None
         if self._own and self._max_norm <= 0:
             grads = [p.grad for p in self._params if p.grad is not None]
-            self._norm = (
-                torch.nn.utils.get_total_norm(grads).detach() if grads else torch.zeros(())
-            )
+            self._norm = torch.nn.utils.get_total_norm(grads).detach() if grads else torch.zeros(())
 
     def after_step(self) -> float | torch.Tensor | None:
         """The norm of the step just taken (None only if DeepSpeed was told not to compute it);
