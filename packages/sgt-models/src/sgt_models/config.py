@@ -117,7 +117,12 @@ class BagelAdapterConfig(AdapterConfigBase):
     model_path: str = Field(
         min_length=1, description="local folder with ema.safetensors, llm/vit configs, ae"
     )
-    vit_image_size: int = Field(default=224, ge=14, description="SigLIP input side, stride 14")
+    vit_image_size: int = Field(
+        default=224, ge=14, description="SigLIP input: longest side (stride 14, aspect kept)"
+    )
+    vit_min_size: int = Field(
+        default=224, ge=14, description="SigLIP input: shortest side before the long-side cap"
+    )
     vae_min_size: int = Field(default=512, ge=16)
     vae_max_size: int = Field(default=1024, ge=16)
     max_latent_size: int = Field(default=64, ge=1)
@@ -129,6 +134,18 @@ class BagelAdapterConfig(AdapterConfigBase):
     vit_cond_dropout: float = Field(default=0.3, ge=0, le=1)
     vae_cond_dropout: float = Field(default=0.3, ge=0, le=1)
     finetune_from_ema: bool = True
+    flow: FlowMatchingConfig = FlowMatchingConfig(num_inference_steps=50)
+    gradient_checkpointing: bool = Field(default=False, description="recompute each LLM layer")
+    attention_backend: Literal["auto", "sdpa", "flex"] = Field(
+        default="auto", description="auto: FlexAttention on CUDA when available, else SDPA"
+    )
+    lora_rank: int | None = Field(
+        default=None, ge=1, description="train LoRA adapters of this rank instead of full weights"
+    )
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_target: Literal["generation", "understanding", "both"] = Field(
+        default="generation", description="which MoT expert's projections get LoRA"
+    )
 
 
 class OmniGen2AdapterConfig(AdapterConfigBase):
@@ -142,6 +159,24 @@ class OmniGen2AdapterConfig(AdapterConfigBase):
     max_text_tokens: int = Field(default=888, ge=8)
     lora_rank: int | None = Field(
         default=None, ge=1, description="train the DiT with LoRA of this rank"
+    )
+    # OmniGen2's own schedule: dynamic shift in training, upstream's script defaults at inference
+    flow: FlowMatchingConfig = FlowMatchingConfig(
+        dynamic_shift=True, num_inference_steps=50, cfg_text_scale=5.0, cfg_image_scale=2.0
+    )
+    detach_mllm: bool = Field(
+        default=False,
+        description=(
+            "upstream's frozen-MLLM conditioning: the generation loss does not reach the MLLM. "
+            "Off in SGT: the dense loss trains the understanding representations"
+        ),
+    )
+    lora_alpha: float | None = Field(default=None, gt=0, description="LoRA alpha (default: rank)")
+    lora_mllm: bool = Field(
+        default=False, description="with lora_rank: also LoRA on the LM's attention projections"
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute DiT and MLLM activations in the backward"
     )
 
 

@@ -64,13 +64,15 @@ class LossOutput:
     ``parts`` holds the unweighted named losses (``ce``: cross-entropy over answer tokens,
     ``mse``: flow-matching velocity error); ``token_counts`` the number of tokens (text tokens,
     latent tokens) each was normalised by, so that accumulation across ranks can re-weight them.
-    ``per_task`` breaks the parts down by task kind for logging (detached floats).
+    ``per_task`` breaks the parts down by task kind for logging: floats, or detached tensors
+    left on the device (the trainer reads them back only when it logs, so that a training step
+    never waits for the device).
     """
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor]
     token_counts: dict[str, int]
-    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_task: dict[str, dict[str, float | torch.Tensor]] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -139,7 +141,9 @@ class UnifiedModelAdapter(Protocol):
         ...
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (and tokenizer files) to a folder."""
+        """Write the weights, tokenizer and config to a folder that ``load_adapter`` reads: the
+        family's own layout, with the adapter config (``kind``) in ``config.json`` or, where the
+        official layout has a ``config.json`` of its own, in ``sgt_adapter.json``."""
         ...
 
     @classmethod

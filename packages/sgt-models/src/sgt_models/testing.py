@@ -286,8 +286,16 @@ class AdapterContract:
         _seeded_loss(adapter, adapter.collate(samples), 0).total.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         adapter.save_pretrained(tmp_path)
-        assert (tmp_path / "config.json").is_file()
-        assert (tmp_path / "model.safetensors").is_file()
+        saved = [tmp_path / n for n in ("sgt_adapter.json", "config.json")]
+        assert any('"kind"' in f.read_text() for f in saved if f.is_file()), (
+            "save_pretrained must write the adapter config (with its kind) to sgt_adapter.json "
+            "or config.json"
+        )
+        assert list(tmp_path.rglob("*.safetensors")), "weights are saved as safetensors"
+        from sgt_models.registry import load_adapter
+
+        with torch.random.fork_rng(devices=[]):
+            assert type(load_adapter(tmp_path)) is type(adapter), "load_adapter dispatches by kind"
         state = torch.get_rng_state()
         loaded = type(adapter).from_pretrained(tmp_path)
         assert torch.equal(torch.get_rng_state(), state), "loading consumed the global RNG"
