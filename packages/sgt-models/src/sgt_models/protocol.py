@@ -72,7 +72,7 @@ class LossOutput:
     total: torch.Tensor
     parts: dict[str, torch.Tensor]
     token_counts: dict[str, int]
-    per_task: dict[str, dict[str, float | torch.Tensor]] = field(default_factory=dict)
+    per_task: Mapping[str, Mapping[str, float | torch.Tensor]] = field(default_factory=dict)
 
 
 @runtime_checkable

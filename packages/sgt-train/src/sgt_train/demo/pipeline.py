@@ -252,7 +252,9 @@ def run_demo(
             cast("UnifiedModelAdapter", adapter), vqa, prompts, segmentation, settings,
             geneval_dir=out / "geneval" / name, progress=stage(f"eval {name}"),
         )  # fmt: skip
-        reports[name] = build_report(name, adapter.kind, settings, results, str(weights[name]))
+        reports[name] = build_report(
+            name, cast("UnifiedModelAdapter", adapter).kind, settings, results, str(weights[name])
+        )
         times[f"eval {name}"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
