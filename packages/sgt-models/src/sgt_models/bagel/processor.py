@@ -29,9 +29,9 @@ from typing import Any, Literal, Self
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch.nn import functional
 
 from sgt_data import GENERATIVE_TASKS, Sample, TaskKind
+from sgt_models._images import image_to_tensor as _image_to_tensor
 from sgt_models.bagel.configuration import BagelArchitecture
 from sgt_models.config import BagelAdapterConfig
 
@@ -103,21 +103,9 @@ def resize_dims(
 def image_to_tensor(
     image: NDArray[np.uint8], size: tuple[int, int], *, nearest: bool = False
 ) -> torch.Tensor:
-    """An HxWx3 uint8 image as ``(3, h, w)`` float32 in [-1, 1], resized to ``size``.
-
-    Bicubic with antialiasing as upstream; ``nearest`` keeps rendered palette maps exact.
-    """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {tuple(image.shape)}")
-    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-    if tuple(x.shape[-2:]) != size:
-        if nearest:
-            x = functional.interpolate(x, size=size, mode="nearest-exact")
-        else:
-            x = functional.interpolate(
-                x, size=size, mode="bicubic", antialias=True, align_corners=False
-            )
-    return (x[0] / 127.5 - 1.0).clamp(-1.0, 1.0)
+    """An HxWx3 uint8 image -> ``(3, h, w)`` float32 in [-1, 1] at ``size`` (bicubic, as
+    upstream's transforms; ``nearest`` keeps rendered palette maps exact)."""
+    return _image_to_tensor(image, size, nearest=nearest, smooth="bicubic")
 
 
 def patchify(image: torch.Tensor, patch: int) -> torch.Tensor:

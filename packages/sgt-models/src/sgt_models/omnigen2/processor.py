@@ -26,9 +26,9 @@ from typing import Any, Self
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch.nn import functional
 
 from sgt_data import GENERATIVE_TASKS, Sample, TaskKind
+from sgt_models._images import image_to_tensor as _image_to_tensor
 from sgt_models.omnigen2.configuration import (
     GENERATION_SYSTEM_PROMPT,
     UNDERSTANDING_SYSTEM_PROMPT,
@@ -56,21 +56,8 @@ def target_size(height: int, width: int, max_pixels: int, max_side: int = 2048) 
 def image_to_tensor(
     image: NDArray[np.uint8], size: tuple[int, int], *, nearest: bool = False
 ) -> torch.Tensor:
-    """An HxWx3 uint8 image -> ``(3, h, w)`` float32 in [-1, 1] at ``size``.
-
-    ``nearest`` keeps the colours of rendered maps (segmentation palettes) intact.
-    """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {tuple(image.shape)}")
-    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-    if tuple(x.shape[-2:]) != size:
-        if nearest:
-            x = functional.interpolate(x, size=size, mode="nearest-exact")
-        else:
-            x = functional.interpolate(
-                x, size=size, mode="bilinear", antialias=True, align_corners=False
-            )
-    return (x[0] / 127.5 - 1.0).clamp(-1.0, 1.0)
+    """An HxWx3 uint8 image -> ``(3, h, w)`` float32 in [-1, 1] at ``size`` (bilinear)."""
+    return _image_to_tensor(image, size, nearest=nearest, smooth="bilinear")
 
 
 def _move(value: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:

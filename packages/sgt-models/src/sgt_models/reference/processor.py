@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
-from torch.nn import functional
 
 from sgt_data import GENERATIVE_TASKS, Sample, TaskKind
+from sgt_models._images import image_to_tensor
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -98,23 +98,9 @@ def images_to_tensor(
 
     ``nearest`` keeps the colours of rendered maps (segmentation palettes) intact.
     """
-    out = []
-    for image in images:
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"expected an HxWx3 uint8 image, got {image.dtype} {tuple(image.shape)}"
-            )
-        # astype copies into a fresh (writable) float array: store-read images may be read-only
-        x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-        if tuple(x.shape[-2:]) != size:
-            if nearest:
-                x = functional.interpolate(x, size=size, mode="nearest-exact")
-            else:
-                x = functional.interpolate(
-                    x, size=size, mode="bilinear", antialias=True, align_corners=False
-                )
-        out.append(x / 127.5 - 1.0)
-    return torch.cat(out).clamp(-1.0, 1.0)
+    if not images:
+        return torch.zeros(0, 3, *size)
+    return torch.stack([image_to_tensor(image, size, nearest=nearest) for image in images])
 
 
 @dataclass
