@@ -31,6 +31,16 @@ class FreezePolicy(BaseModel):
         default=False, description="freeze the generation path (gen expert / DiT)"
     )
 
+    def frozen_groups(self) -> dict[str, bool]:
+        """Parameter group name -> frozen; the VAE is always frozen."""
+        return {
+            "vision_encoder": self.vision_encoder,
+            "connector": self.connector,
+            "llm": self.llm,
+            "generator": self.generator,
+            "vae": True,
+        }
+
 
 class FlowMatchingConfig(BaseModel):
     """Training-time timestep distribution and inference defaults of the flow-matching head."""

@@ -227,14 +227,7 @@ class BagelAdapter(nn.Module):
 
     def apply_freeze_policy(self) -> None:
         """Set ``requires_grad`` from ``config.freeze`` (and LoRA); the VAE is always frozen."""
-        freeze = self.config.freeze
-        frozen = {
-            "vision_encoder": freeze.vision_encoder,
-            "connector": freeze.connector,
-            "llm": freeze.llm,
-            "generator": freeze.generator,
-            "vae": True,
-        }
+        frozen = self.config.freeze.frozen_groups()
         lora = self.config.lora_rank is not None
         for name, p in self.named_parameters():
             trainable = not frozen[self.group_of(name)]

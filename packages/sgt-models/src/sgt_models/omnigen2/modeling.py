@@ -189,14 +189,7 @@ class OmniGen2Adapter(torch.nn.Module):
 
     def apply_freeze_policy(self) -> None:
         """Set ``requires_grad`` from ``config.freeze`` (and LoRA); the VAE is always frozen."""
-        freeze = self.config.freeze
-        flags = {
-            "vision_encoder": freeze.vision_encoder,
-            "connector": freeze.connector,
-            "llm": freeze.llm,
-            "generator": freeze.generator,
-            "vae": True,
-        }
+        flags = self.config.freeze.frozen_groups()
         for name, params in self.parameter_groups().items():
             for p in params:
                 p.requires_grad_(not flags[name])
@@ -208,7 +201,7 @@ class OmniGen2Adapter(torch.nn.Module):
                 for p in module.parameters():
                     if id(p) not in lora_ids:
                         p.requires_grad_(False)
-            if freeze.generator:
+            if self.config.freeze.generator:
                 for p in self.transformer.parameters():
                     p.requires_grad_(False)
         self.vae.eval()

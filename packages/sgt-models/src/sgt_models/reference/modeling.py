@@ -161,14 +161,7 @@ class ReferenceAdapter(torch.nn.Module):
 
     def apply_freeze_policy(self) -> None:
         """Set ``requires_grad`` from ``config.freeze``; the VAE is always frozen."""
-        freeze = self.config.freeze
-        flags = {
-            "vision_encoder": freeze.vision_encoder,
-            "connector": freeze.connector,
-            "llm": freeze.llm,
-            "generator": freeze.generator,
-            "vae": True,
-        }
+        flags = self.config.freeze.frozen_groups()
         for name, params in self.parameter_groups().items():
             for p in params:
                 p.requires_grad_(not flags[name])
