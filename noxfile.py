@@ -96,6 +96,33 @@ def test(session: nox.Session, package: str) -> None:
     session.run(
         "pytest", str(Path(_pkg(package)) / "tests"), "-m", "not fuzz_full", *session.posargs
     )
+    if package == "sgt-eval":
+        session.notify("test_lmms_eval")
+
+
+@nox.session(python=PYTHON)
+def test_lmms_eval(session: nox.Session) -> None:
+    """sgt-eval's lmms-eval plugin against the real lmms-eval 0.7.3 (run by ``nox -s test``)."""
+    session.env.update(ENV)
+    _install_torch(session)
+    session.install(
+        _pkg("sgt-data"),
+        _pkg("sgt-models"),
+        f"{_pkg('sgt-eval')}[parquet,plots,lmms-eval]",
+        "lmms_eval==0.7.3",
+        # lmms-eval needs torchvision; pinning the one made for torch 2.13 keeps pip from
+        # replacing the installed torch with a newer release
+        "torchvision==0.28.0",
+        "pytest>=8",
+    )
+    if TORCH_SPEC == "torch==2.13.0":
+        # PyPI's torchvision is a CUDA build that cannot load beside the CPU torch; the plugin
+        # path never imports it
+        session.run("python", "-m", "pip", "uninstall", "-y", "torchvision")
+    session.env["SGT_REQUIRE_LMMS_EVAL"] = "1"
+    tests = ROOT / "packages" / "sgt-eval" / "tests"
+    names = ("test_lmms_eval_real.py", "test_lmms_plugin.py", "test_parsing.py")
+    session.run("pytest", "-q", *(str(tests / n) for n in names), *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -14,7 +14,7 @@ import pytest
 
 from sgt_data.convert import CocoInstancesConverter, ConvertOptions, WorkItem, run_conversion
 from sgt_data.convert.example import write_voc_coco
-from sgt_data.errors import ConversionError
+from sgt_data.errors import ConversionError, WorkerDiedError
 from sgt_data.store import SampleRecord, SampleStore, verify_store
 
 pytestmark = pytest.mark.skipif(
@@ -130,7 +130,9 @@ def test_a_killed_worker_stops_the_run_and_it_resumes(
     conv.flag = tmp_path / "kill"
     conv.flag.touch()
     out = tmp_path / "s"
-    with pytest.raises(RuntimeError, match=r"worker died \(exit code -9"):
+    with pytest.raises(
+        WorkerDiedError, match=r"worker died \(killed by signal 9 \(SIGKILL: by the OS"
+    ):
         run_conversion(conv, out, batch_size=4, workers=2)
     assert not multiprocessing.active_children()
     conv.flag.unlink()

@@ -122,7 +122,10 @@ def test_sigkill_and_resume_gives_identical_checksums(
 def test_resume_refuses_other_options(source: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "s"
     run_conversion(CocoInstancesConverter(*source, ConvertOptions(name="k")), out, batch_size=2)
-    with pytest.raises(StoreError, match=r"other inputs or options \(edge"):
+    with pytest.raises(
+        StoreError,
+        match=r"other inputs or options \(--edge/--edge-thresholds: \[False, 100, 200\] -> \[True",
+    ):
         run_conversion(
             CocoInstancesConverter(*source, ConvertOptions(name="k", edge=True)), out, batch_size=2
         )
@@ -143,14 +146,17 @@ def test_only_a_strict_run_resumes_with_skip_bad(tmp_path: Path) -> None:
             resumable_from={"skip_bad": False},
         )
 
-    open_(tmp_path / "strict", False)
-    assert open_(tmp_path / "strict", True).items_done == 0
+    open_(tmp_path / "strict", False).write_batch([], 2)  # two items committed
+    assert open_(tmp_path / "strict", True).items_done == 2
     with pytest.raises(StoreError, match="edge"):  # other keys still have to match
         open_(tmp_path / "strict", True, edge=True)
     # a store that skipped bad items may hold skips: it does not go on strictly
-    open_(tmp_path / "lenient", True)
-    with pytest.raises(StoreError, match=r"skip_bad: True -> False"):
+    open_(tmp_path / "lenient", True).write_batch([], 2)
+    with pytest.raises(StoreError, match=r"skip-bad: True -> False"):
         open_(tmp_path / "lenient", False)
+    # with nothing committed (the first item failed) any inputs may start the store afresh
+    open_(tmp_path / "fresh", True)
+    assert open_(tmp_path / "fresh", False, edge=True).items_done == 0
 
 
 def test_verify_names_what_is_wrong(reference: Path, tmp_path: Path) -> None:

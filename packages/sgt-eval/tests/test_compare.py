@@ -85,8 +85,8 @@ def test_markdown_layout_and_deltas() -> None:
         == "| BAGEL+SGT | 81.0 (+2.8) | 83.0 (+2.8) | 7.2 (-0.2) | 7.0 (+0.0) | 6.0 (+0.0) |"
     )
     assert "## Proxy task" in md
-    assert "- gedit-bench/en-fullset: judged by qwen2.5-vl-72b-awq" in md
-    assert "- sgt-proxy-segmentation/semantic: toy" in md
+    assert "- gedit-bench/en-fullset (all models): judged by qwen2.5-vl-72b-awq" in md
+    assert "- sgt-proxy-segmentation/semantic (all models): toy" in md
 
 
 def test_missing_benchmark_shows_a_dash() -> None:

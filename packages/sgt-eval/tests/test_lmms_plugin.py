@@ -82,3 +82,51 @@ def test_generate_until_bridges_to_adapter_answer(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValueError, match=r"adapter=\.\.\. or pretrained"):
         cls()
     assert np.asarray(doc["img"]).shape == (96, 96, 3)
+
+
+def test_multi_image_and_text_only_documents_and_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several images are answered side by side, none on a blank image, and the class (built
+    on first access) pickles by reference."""
+    import pickle
+    import sys
+    import types
+
+    import numpy as np
+    from PIL import Image
+
+    class lmms:  # noqa: N801 - lmms-eval's name
+        def __init__(self) -> None:
+            self.task_dict: dict = {}
+
+    for name in ("lmms_eval", "lmms_eval.api"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    api_model = types.ModuleType("lmms_eval.api.model")
+    api_model.lmms = lmms  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lmms_eval.api.model", api_model)
+    monkeypatch.setattr(plugin, "_CLASS", None)
+
+    seen: list[np.ndarray] = []
+
+    class Adapter:
+        def answer(self, images: list, questions: list, max_new_tokens: int) -> list[str]:
+            seen.extend(images)
+            return ["A"] * len(images)
+
+    cls = plugin.SGTLmms
+    assert pickle.loads(pickle.dumps(cls)) is cls
+    model = cls(adapter=Adapter())
+    red = Image.fromarray(np.full((20, 10, 3), (255, 0, 0), np.uint8))
+    blue = Image.fromarray(np.full((40, 40, 3), (0, 0, 255), np.uint8))
+    model.task_dict = {"t": {"test": [{"v": [red, blue]}, {"v": []}]}}
+
+    class Req:
+        def __init__(self, doc_id: int) -> None:
+            self.args = ("q", {"until": []}, lambda d: d["v"], doc_id, "t", "test")
+
+    assert model.generate_until([Req(0), Req(1)]) == ["A", "A"]
+    both, blank = seen
+    assert both.shape == (20, 30, 3)  # blue scaled to the first image's height, beside it
+    assert (both[:, :10] == (255, 0, 0)).all()
+    assert (both[:, 10:] == (0, 0, 255)).all()
+    assert blank.shape == (64, 64, 3)
+    assert (blank == 255).all()

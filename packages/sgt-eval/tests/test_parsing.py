@@ -49,10 +49,32 @@ def test_vlmevalkit_yes_no(response: str, parsed: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("response", "letter"),
-    [("(B) left", "B"), ("B.", "B"), ("  C", "C"), ("apple", None), ("Apple", "A"), ("", None)],
+    [
+        ("(B) left", "B"),
+        ("B.", "B"),
+        ("  C", "C"),
+        ("b", "B"),  # lmms-eval 0.7.3 strips and ignores case
+        ("(b) two", "B"),
+        ("apple", "A"),  # as lmms-eval: the first letter, whatever follows
+        ("Apple", "A"),
+        ("", None),
+        ("42", None),
+    ],
 )
 def test_cv_bench_leading_letter(response: str, letter: str | None) -> None:
     assert leading_choice_letter(response) == letter
+
+
+CV_BENCH_RESPONSES = ["b", "(b) two", "B.", " (C) ", "apple", "The answer is B", "", "42", "\nd"]
+
+
+def test_cv_bench_leading_letter_equals_lmms_eval() -> None:
+    """Against the real rule where lmms-eval is installed (its own nox environment)."""
+    official = pytest.importorskip("lmms_eval.tasks.cv_bench.utils")
+    for response in CV_BENCH_RESPONSES:
+        assert (leading_choice_letter(response) or "") == official._extract_answer_letter(
+            response
+        ), response
 
 
 @pytest.mark.parametrize(
@@ -122,3 +144,26 @@ def test_mathvista_rule_extraction_and_normalisation() -> None:
     assert mathvista_normalize("3.0", None, "free_form", "integer", None) == "3"
     assert mathvista_normalize("2.345", None, "free_form", "float", 1) == "2.3"
     assert mathvista_normalize("n/a", None, "free_form", "integer", None) is None
+
+
+@pytest.mark.parametrize(
+    ("response", "letter"), [("(a)", "A"), ("(b) closed", "B"), ("a cat", None), ("both", None)]
+)
+def test_mmvp_lower_case_option_labels_parse(response: str, letter: str | None) -> None:
+    assert extract_choice_letter(response, "AB") == letter
+
+
+def test_differences_from_lmms_eval_are_recorded_as_deviations() -> None:
+    from sgt_eval.scoring import understanding as sc
+
+    results = [
+        sc.score_mmvp([1, 2], ["(a)", "(b)"], ["(a)", "b"]),
+        sc.score_mmstar(["A"], ["c"], ["A"]),
+        sc.score_realworldqa(["B"], ["B"]),
+        *sc.score_pope(["random"], ["yes"], ["Yes."]),
+    ]
+    for result in results:
+        assert any("lmms-eval 0.7.3" in d for d in result.deviations), result.benchmark
+    cv = sc.score_cv_bench(["(B)"], ["COCO"], ["(b) two"])
+    assert cv.metrics["micro_accuracy"] == 100.0  # parsed as lmms-eval 0.7.3 does: no deviation
+    assert not any("lmms-eval" in d for d in cv.deviations)

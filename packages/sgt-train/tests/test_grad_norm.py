@@ -14,7 +14,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from sgt_train import validate_run_config
-from sgt_train.checkpoint import DS_TAG
+from sgt_train.checkpoint import DS_TAG, load_rank_state
 from sgt_train.config import RunConfig
 from sgt_train.ds_config import consolidated_state_dict
 from sgt_train.loop import Hooks, StepMetrics, fit
@@ -28,7 +28,7 @@ def _reference_norm(config: RunConfig, checkpoint: Path) -> float:
     """Replay the step after ``checkpoint`` in plain torch; the total norm of its gradients."""
     model = ToyAdapter()
     model.load_state_dict(consolidated_state_dict(checkpoint, DS_TAG, config.zero.stage))
-    rank_state = torch.load(checkpoint / "rank_00000.pt", weights_only=False)
+    rank_state = load_rank_state(checkpoint, 0)
     source = ToySource(config.data, config.micro_batch_size)
     source.load_state_dict(rank_state["source"])
     batches = iter(source)

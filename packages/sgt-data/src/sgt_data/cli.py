@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,27 @@ __all__ = ["main"]
 _log = logging.getLogger("sgt_data.cli")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching: ``--annotation`` must not silently mean ``--annotations``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, targets: bool = True) -> None:
+    """Options of every converter; ``targets``: also the edge and depth target options (not
+    for the VQA and caption formats, which draw no targets from them)."""
     p.add_argument("--out", required=True, help="store directory to create (or resume)")
     p.add_argument(
         "--name", help="store name, the prefix of sample ids (default: the --out folder name)"
@@ -60,15 +81,28 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-instances", type=int, default=None, help="instance colours in the palette"
     )
-    p.add_argument("--edge", action="store_true", help="add Canny edge targets (needs opencv)")
-    p.add_argument(
-        "--edge-thresholds", type=int, nargs=2, default=(100, 200), metavar=("LOW", "HIGH")
-    )
-    p.add_argument("--depth-dir", help="depth maps <image stem>.npy (metres) or .png (16-bit mm)")
-    p.add_argument("--depth-model", help="local path of a transformers depth-estimation model")
-    p.add_argument(
-        "--depth-range", type=float, nargs=2, default=(0.0, 10.0), metavar=("MIN", "MAX")
-    )
+    if targets:
+        p.add_argument("--edge", action="store_true", help="add Canny edge targets (needs opencv)")
+        p.add_argument(
+            "--edge-thresholds",
+            type=int,
+            nargs=2,
+            default=(100, 200),
+            metavar=("LOW", "HIGH"),
+            help="Canny hysteresis thresholds (default 100 200)",
+        )
+        p.add_argument(
+            "--depth-dir", help="depth maps <image stem>.npy (metres) or .png (16-bit mm)"
+        )
+        p.add_argument("--depth-model", help="local path of a transformers depth-estimation model")
+        p.add_argument(
+            "--depth-range",
+            type=float,
+            nargs=2,
+            default=(0.0, 10.0),
+            metavar=("MIN", "MAX"),
+            help="metres mapped to the depth target's range (default 0 10)",
+        )
     p.add_argument(
         "--no-reconstruction", action="store_true", help="do not offer reconstruction targets"
     )
@@ -83,13 +117,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="sgt-data", description="SGT data stores: convert, merge, inspect, verify, preview."
     )
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress; show tracebacks of errors"
+    )
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     conv = sub.add_parser("convert", help="convert a dataset into a store")
-    fmt = conv.add_subparsers(dest="format", required=True)
+    fmt = conv.add_subparsers(dest="format", required=True, parser_class=_Parser)
     p = fmt.add_parser("coco", help="COCO instances JSON + images")
     p.add_argument("--annotations", required=True)
     p.add_argument("--images", required=True)
@@ -109,21 +145,33 @@ def _parser() -> argparse.ArgumentParser:
     p = fmt.add_parser("vqa", help="LLaVA-style JSONL/JSON conversations + images")
     p.add_argument("--annotations", required=True)
     p.add_argument("--images", required=True)
-    _add_common(p)
+    _add_common(p, targets=False)
     p = fmt.add_parser(
         "captions", help="text-to-image: JSONL/JSON of image + caption/prompt, or COCO captions"
     )
     p.add_argument("--annotations", required=True)
     p.add_argument("--images", required=True, help="folder the image paths are relative to")
-    _add_common(p)
+    _add_common(p, targets=False)
 
     p = sub.add_parser("merge", help="concatenate stores (e.g. --shard outputs, in order)")
-    p.add_argument("parts", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "parts",
+        nargs="+",
+        metavar="PART",
+        help="finished stores of the same name, renderers and arrays, in the order to keep",
+    )
+    p.add_argument("--out", required=True, help="store directory to create (or resume)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="samples per committed batch (default 64)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete an existing store at --out first"
+    )
     p.add_argument("--fsync", action="store_true", help="fsync every commit (as for convert)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("inspect", help="print a store's manifest summary")
     p.add_argument("store")
@@ -135,9 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preview", help="PNG contact sheet: each image beside its targets")
     p.add_argument("store")
     p.add_argument("--out", required=True)
-    p.add_argument("-n", "--num", type=int, default=4, help="samples to show (default 4)")
-    p.add_argument("--start", type=int, default=0)
-    p.add_argument("--height", type=int, default=160, help="tile height in pixels")
+    p.add_argument("-n", "--num", type=_positive, default=4, help="samples to show (default 4)")
+    p.add_argument("--start", type=int, default=0, help="index of the first sample (default 0)")
+    p.add_argument("--height", type=_positive, default=160, help="tile height in pixels")
     return ap
 
 
@@ -180,15 +228,18 @@ def _convert(args: argparse.Namespace) -> int:
         kw["max_instances"] = args.max_instances
     elif args.format == "sa1b":
         kw["max_instances"] = 1024
+    if hasattr(args, "edge"):
+        kw.update(
+            edge=args.edge,
+            edge_low=args.edge_thresholds[0],
+            edge_high=args.edge_thresholds[1],
+            depth_dir=args.depth_dir,
+            depth_model=args.depth_model,
+            depth_range=tuple(args.depth_range),
+        )
     opts = ConvertOptions(
         name=args.name or Path(args.out).name,
         seed=args.seed,
-        edge=args.edge,
-        edge_low=args.edge_thresholds[0],
-        edge_high=args.edge_thresholds[1],
-        depth_dir=args.depth_dir,
-        depth_model=args.depth_model,
-        depth_range=tuple(args.depth_range),
         reconstruction=not args.no_reconstruction,
         verify_images=args.verify_images,
         **kw,
@@ -352,10 +403,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preview": _preview,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up at the flush
+        return code
     except (SgtDataError, ValueError) as exc:
+        if args.verbose:
+            raise
         print(f"sgt-data {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(_interrupted(args), file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader of our output (`| head`) went away: stop quietly, as cat and grep do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The line printed on Ctrl-C: where a conversion or merge stopped and how to go on."""
+    import json
+
+    from sgt_data.store import JOURNAL_FILE
+
+    where = f"sgt-data {args.command}: interrupted"
+    if args.command not in ("convert", "merge"):
+        return where
+    journal = Path(args.out) / JOURNAL_FILE
+    try:
+        done = int(json.loads(journal.read_text(encoding="utf-8"))["samples"])
+    except (OSError, ValueError, KeyError):
+        return f"{where} before anything was committed to {args.out}; the same command starts it"
+    return (
+        f"{where} with {done} samples committed to {args.out}; the same command resumes from there"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,13 +25,20 @@ class ConversionError(SgtDataError):
     size disagrees with its image, a duplicate id); the message names the file and the item id."""
 
     def __init__(self, file: str, item_id: str, reason: str) -> None:
-        super().__init__(f"{file}: item {item_id!r}: {reason}")
+        # item "-" is a whole-file error (missing, not JSON): no item to name
+        where = f"{file}: " if item_id == "-" else f"{file}: item {item_id!r}: "
+        super().__init__(where + reason)
         self.file = file
         self.item_id = item_id
         self.reason = reason
 
     def __reduce__(self) -> tuple[type[ConversionError], tuple[str, str, str]]:
         return (type(self), (self.file, self.item_id, self.reason))
+
+
+class WorkerDiedError(SgtDataError):
+    """A conversion worker process ended without reporting (killed by the OS, e.g. out of
+    memory); the batches committed before it are kept and the same command resumes."""
 
 
 class RenderError(SgtDataError):

@@ -662,8 +662,13 @@ def iou(dt: Any, gt: Any, iscrowd: Any) -> Any:
         da = (d[:, 2] * d[:, 3])[:, None]
         ga = (g[:, 2] * g[:, 3])[None, :]
         union = np.where(crowd[None, :] != 0, da, da + ga - inter)
+        # divide only where the boxes overlap: elsewhere ``inter`` (a product of two negative
+        # extents) over a tiny crowd union overflowed, e.g. a gt of height 2.2e-309 beside a
+        # dt of width 0 (found by test_boxes_match_pycocotools)
+        overlap = (ix > 0) & (iy > 0)
+        res = np.zeros(overlap.shape, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            res = np.where((ix > 0) & (iy > 0), inter / union, 0.0)
+            np.divide(inter, union, out=res, where=overlap)
         return np.asfortranarray(res)
     pd, pg = _pack(dt), _pack(gt)
     h, w = _same_size(pd, "iou")

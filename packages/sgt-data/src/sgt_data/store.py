@@ -20,6 +20,7 @@ whatever an interrupted batch left behind.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -37,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sgt_data._shards import ShardLayout, encode_shards, sync_path, write_file
-from sgt_data.errors import StoreError
+from sgt_data.errors import SgtDataError, StoreError
 from sgt_data.schema import RendererSpec, SkippedItem, SourceSpec, StoreManifest, TaskKind, Turn
 
 __all__ = [
@@ -527,11 +528,25 @@ class StoreWriter:
                     k: fp[k] if k in fp and k in relax and relax[k] == v else v
                     for k, v in old_fp.items()
                 }
-            if old_fp != fp or journal.get("batch_size") != batch_size:
-                raise StoreError(
-                    f"{root}: the store was started with other inputs or options "
-                    f"({_fp_diff(journal.get('fingerprint', {}), fp)}); use another --out or --overwrite"
+            differs = old_fp != fp or journal.get("batch_size") != batch_size
+            nothing_committed = not journal.get("finished") and int(journal["items_done"]) == 0
+            if differs and nothing_committed:
+                # e.g. a mistyped --images failed the first item: nothing to keep, start afresh
+                _log.info("restarting %s with new inputs (nothing was committed)", root)
+                shutil.rmtree(root)
+            elif differs:
+                diff = _fp_diff(journal.get("fingerprint", {}), fp, journal, batch_size)
+                what = (
+                    "a finished store"
+                    if journal.get("finished")
+                    else f"{journal['samples']} samples committed"
                 )
+                raise StoreError(
+                    f"{root}: the store was started with other inputs or options ({diff}; "
+                    f"{what}); re-run with the values it was started with to resume it, or "
+                    "use --overwrite to start over (or another --out)"
+                )
+        if journal_path.exists():
             if journal["fingerprint"] != fp and not journal.get("finished"):
                 journal["fingerprint"] = fp  # a later resume compares with the new value
                 _atomic_write_text(journal_path, json.dumps(journal))
@@ -804,9 +819,31 @@ class StoreWriter:
         return manifest
 
 
-def _fp_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+#: Fingerprint keys -> the ``sgt-data convert`` options that set them.
+_OPTION_OF = {
+    "edge": "--edge/--edge-thresholds",
+    "depth": "--depth-dir/--depth-model/--depth-range",
+    "reconstruction": "--no-reconstruction",
+    "format": "the input format",
+    "merge": "the stores merged",
+}
+
+
+def _fp_diff(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    journal: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
+) -> str:
+    """The options that differ, as ``--option: old -> new``."""
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "batch size"
+    parts = [
+        f"{_OPTION_OF.get(k, '--' + k.replace('_', '-'))}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+    ]
+    if journal is not None and journal.get("batch_size") != batch_size:
+        parts.append(f"--batch-size: {journal.get('batch_size')} -> {batch_size}")
+    return ", ".join(parts) or "batch size"
 
 
 def _remove_partials(root: Path) -> None:
@@ -860,9 +897,14 @@ class SampleStore:
             journal = root / JOURNAL_FILE
             if journal.exists():
                 j = json.loads(journal.read_text(encoding="utf-8"))
-                raise StoreError(
-                    f"{root}: conversion not finished ({j.get('samples', 0)} samples committed); "
+                done = int(j.get("samples", 0))
+                hint = (
                     "re-run the same conversion to resume it"
+                    if done
+                    else "re-run the conversion (with corrected inputs, if they were wrong)"
+                )
+                raise StoreError(
+                    f"{root}: conversion not finished ({done} samples committed); {hint}"
                 )
             raise StoreError(f"{root}: not a sample store (no {MANIFEST_FILE})")
         try:
@@ -920,7 +962,21 @@ class SampleStore:
         n = int(self._index[i, self._col[f"{path}.length"]])
         if n == 0:
             return None
-        return np.asarray(self._array(path)[off : off + n])
+        return self._read_slice(path, off, n, index)
+
+    def _read_slice(self, path: str, off: int, n: int, index: int) -> NDArray[Any]:
+        """``path[off:off+n]``; a damaged chunk raises ``StoreError`` naming array and sample."""
+        try:
+            return np.asarray(self._array(path)[off : off + n])
+        except (ValueError, OSError, RuntimeError) as exc:
+            sample = f"sample {index}"
+            if path != "meta":
+                with contextlib.suppress(SgtDataError, ValueError, OSError, RuntimeError):
+                    sample += f" ({self.sample_id(index)})"
+            raise StoreError(
+                f"{self.path}: array {path!r} cannot be read for {sample}: {str(exc).rstrip('.')}; "
+                f"`sgt-data verify {self.path}` lists the damage"
+            ) from exc
 
     def _meta_raw(self, index: int) -> NDArray[np.uint8] | None:
         """A sample's JSON record bytes, served from a cached chunk-aligned block of ``meta``."""
@@ -935,7 +991,7 @@ class SampleStore:
         block = self._meta_blocks.get(start)
         if block is None or start + block.size < off + n:
             end = min(-(-(off + n) // chunk) * chunk, int(arr.shape[0]))
-            block = np.asarray(arr[start:end])
+            block = self._read_slice("meta", start, end - start, index)
             if len(self._meta_blocks) >= _META_BLOCKS:
                 self._meta_blocks.pop(next(iter(self._meta_blocks)), None)
             self._meta_blocks[start] = block

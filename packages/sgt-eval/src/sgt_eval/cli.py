@@ -1,20 +1,37 @@
-"""The ``sgt-eval`` command: ``run`` benchmarks on an adapter, ``compare`` reports."""
+"""The ``sgt-eval`` command: ``run`` benchmarks on an adapter, ``compare`` reports.
+
+A bad input (a missing benchmark folder, a file that is not a report) is reported in one line
+naming it, with exit status 2; ``-v`` shows the traceback instead. Ctrl-C exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sgt_eval.report import EvalReport, EvalSettings
+from sgt_eval.report import EvalReport, EvalSettings, ReportError
 
 __all__ = ["main"]
 
 _log = logging.getLogger("sgt_eval")
+
+
+class UsageError(ValueError):
+    """A command line that cannot be run; the message says what to change."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching: an abbreviated option must not silently mean another one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
@@ -22,7 +39,7 @@ def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"{flag} expects NAME=PATH, got {v!r}")
+            raise UsageError(f"{flag} expects NAME=PATH, got {v!r}")
         out[name] = path
     return out
 
@@ -54,13 +71,18 @@ def _build_adapter(config_path: str | None, pretrained: str | None) -> tuple[Any
     try:
         from sgt_models import registry
     except ImportError as exc:
-        raise SystemExit(f"sgt_models.registry is not available: {exc}") from exc
+        raise UsageError(f"sgt_models.registry is not available: {exc}") from exc
     if pretrained is not None:
         adapter = registry.load_adapter(pretrained)
         return adapter, str(adapter.kind)
     if config_path is None:
-        raise SystemExit("run needs --model-config FILE or --pretrained DIR")
-    raw = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        raise UsageError("run needs --model-config FILE or --pretrained DIR")
+    try:
+        raw = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--model-config {config_path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--model-config {config_path}: not JSON ({exc})") from None
     config = TypeAdapter(AdapterConfig).validate_python(raw)
     return registry.build_adapter(config), config.kind
 
@@ -78,9 +100,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     benches = _pairs(args.bench, "--bench")
     roots = _pairs(args.image_root, "--image-root")
+    if not benches and not args.geneval:
+        raise UsageError(
+            "nothing to evaluate: give --bench NAME=PATH (one of "
+            f"{', '.join(sorted(BENCHMARK_LOADERS))}) or --geneval [SPLIT=]metadata.jsonl"
+        )
     unknown = sorted(set(benches) - set(BENCHMARK_LOADERS))
     if unknown:
-        raise SystemExit(f"unknown benchmarks {unknown}; known: {sorted(BENCHMARK_LOADERS)}")
+        raise UsageError(f"unknown benchmarks {unknown}; known: {sorted(BENCHMARK_LOADERS)}")
+    missing = [
+        f"{flag} {key}={path}"
+        for flag, pairs in (("--bench", benches), ("--image-root", roots))
+        for key, path in pairs.items()
+        if not Path(path).exists()
+    ] + [f"--geneval {s}" for s in args.geneval if not Path(s.rpartition("=")[2]).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {'; '.join(missing)}")
+    if args.pretrained is not None and not Path(args.pretrained).is_dir():
+        raise UsageError(f"--pretrained {args.pretrained}: no such folder")
     adapter, kind = _build_adapter(args.model_config, args.pretrained)
     progress = _progress_bar()
     results = []
@@ -125,7 +162,7 @@ def _geneval_models(args: argparse.Namespace) -> tuple[Any, Any]:
     from sgt_eval.hf import ClipColorClassifier, TransformersDetector
 
     if args.clip_path is None:
-        raise SystemExit("--geneval with a transformers detector needs --clip-path")
+        raise UsageError("--geneval with a transformers detector needs --clip-path")
     return TransformersDetector(args.detector), ClipColorClassifier(args.clip_path)
 
 
@@ -139,9 +176,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sgt-eval", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sgt-eval", description=__doc__)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log more; show tracebacks of errors"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="evaluate an adapter on local benchmark copies")
     run.add_argument("--model-config", help="AdapterConfig JSON file")
@@ -174,10 +213,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sgt-eval`` console script."""
+    """Entry point of the ``sgt-eval`` console script; returns the exit status."""
+    from sgt_eval.benchmarks.tables import BenchmarkDataError
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    return int(args.func(args))
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a closed pipe shows up at the flush
+    except (UsageError, ReportError, BenchmarkDataError) as exc:
+        if args.verbose:
+            raise
+        print(f"sgt-eval {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(
+            f"sgt-eval {args.command}: interrupted; the same command starts it again "
+            "(a report is written only at the end)",
+            file=sys.stderr,
+        )
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

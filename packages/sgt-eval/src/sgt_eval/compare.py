@@ -86,6 +86,25 @@ def _cell(value: float | None, base: float | None, first: bool) -> str:
     return f"{value:.1f} ({value - base:+.1f})"
 
 
+def _protocol_notes(reports: Sequence[EvalReport]) -> list[str]:
+    """Each deviation and judge once, with the models it applies to (or "all models")."""
+    owners: dict[str, list[str]] = {}
+    for rep in reports:
+        for r in rep.results:
+            texts = [*r.deviations, *([f"judged by {r.judge}"] if r.judge else [])]
+            for text in texts:
+                models = owners.setdefault(f"{r.benchmark}/{r.split}: {text}", [])
+                if rep.model_name not in models:
+                    models.append(rep.model_name)
+    names = [rep.model_name for rep in reports]
+    lines = []
+    for note, models in sorted(owners.items()):
+        who = "all models" if len(names) > 1 and models == names else ", ".join(models)
+        where, _, text = note.partition(": ")
+        lines.append(f"- {where} ({who}): {text}")
+    return lines
+
+
 def compare_markdown(reports: Sequence[EvalReport]) -> str:
     """Markdown tables (understanding, generation, proxy) with deltas against the first report."""
     if not reports:
@@ -108,20 +127,7 @@ def compare_markdown(reports: Sequence[EvalReport]) -> str:
             cells = [_cell(column_value(rep, c), column_value(base, c), i == 0) for c in kcols]
             lines.append(f"| {rep.model_name} | " + " | ".join(cells) + " |")
         lines.append("")
-    notes = sorted(
-        {
-            f"- {r.benchmark}/{r.split}: {d}"
-            for rep in reports
-            for r in rep.results
-            for d in r.deviations
-        }
-        | {
-            f"- {r.benchmark}/{r.split}: judged by {r.judge}"
-            for rep in reports
-            for r in rep.results
-            if r.judge
-        }
-    )
+    notes = _protocol_notes(reports)
     if notes:
         lines += ["## Protocol notes", "", *notes, ""]
     return "\n".join(lines)

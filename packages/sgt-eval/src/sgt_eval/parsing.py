@@ -57,17 +57,18 @@ def extract_yes_no(response: str) -> YesNo | None:
     return None
 
 
-_LEADING = re.compile(r"^[\(\s]*([A-Z])[\)\.\s]*")
+_LEADING = re.compile(r"[\(\s]*([A-Z])[\)\.\s]*", flags=re.IGNORECASE)
 
 
 def leading_choice_letter(response: str) -> str | None:
-    """lmms-eval's CV-Bench rule: the capital letter at the start of the response, if any.
+    """lmms-eval 0.7.3's CV-Bench rule (``_extract_answer_letter``): the letter at the start.
 
-    The pattern ``[(\\s]*([A-Z])[).\\s]*`` is matched at the start, so '(B) left' and 'B.' give 'B'
-    (and, as in lmms-eval, 'Apple' gives 'A').
+    The response is stripped and ``[(\\s]*([A-Z])[).\\s]*`` is matched at its start ignoring case,
+    and the letter upper-cased: '(B) left', 'B.', 'b' and '(b) two' give 'B' (and, as in
+    lmms-eval, 'Apple' gives 'A').
     """
-    m = _LEADING.match(response)
-    return m.group(1) if m else None
+    m = _LEADING.match(response.strip())
+    return m.group(1).upper() if m else None
 
 
 def extract_choice_letter(
@@ -75,7 +76,8 @@ def extract_choice_letter(
 ) -> str | None:
     """Multiple-choice letter extraction in the spirit of lmms-eval's ``extract_mcq_answer``.
 
-    Tried in order: a bare letter; a leading letter followed by ')', '.', ':' or a space; 'answer
+    Tried in order: a bare letter (either case); a leading capital followed by ')', '.', ':' or a
+    space, or a leading letter of either case in parentheses ('(a)'); 'answer
     is X'; 'option X'; exactly one standalone valid letter; exactly one option text contained in
     the response. Returns ``None`` when none applies or the evidence is ambiguous.
     """
@@ -88,6 +90,10 @@ def extract_choice_letter(
     lead = re.match(r"^\(?([A-Z])(?:\)|\.|:|\s|$)", text)
     if lead and lead.group(1) in valid:
         return lead.group(1)
+    # a lower-case letter in parentheses, as MMVP labels its options: '(a)', '(b) closed'
+    lead = re.match(r"^\(([a-z])\)", text)
+    if lead and lead.group(1).upper() in valid:
+        return lead.group(1).upper()
     for pattern in (
         r"answer\s*(?:is|:)\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])",
         r"option\s*\(?([A-Z])\)?(?![A-Za-z])",

@@ -6,9 +6,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["EVAL_REPORT_SCHEMA_VERSION", "BenchmarkResult", "EvalReport", "EvalSettings"]
+__all__ = [
+    "EVAL_REPORT_SCHEMA_VERSION",
+    "BenchmarkResult",
+    "EvalReport",
+    "EvalSettings",
+    "ReportError",
+]
+
+
+class ReportError(ValueError):
+    """A file that cannot be read as an ``EvalReport``; the message names the file and why."""
+
 
 EVAL_REPORT_SCHEMA_VERSION: Literal[1] = 1
 
@@ -100,5 +111,24 @@ class EvalReport(BaseModel):
 
     @classmethod
     def read(cls, path: str | Path) -> EvalReport:
-        """Read and validate a report written by ``write``."""
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+        """Read and validate a report written by ``write``; ``ReportError`` names the file."""
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ReportError(f"{file}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{file}: cannot read: {exc}") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if errors and errors[0]["type"] == "json_invalid":
+                raise ReportError(f"{file}: not JSON ({errors[0]['msg']})") from None
+            first = errors[0] if errors else None
+            where = ".".join(str(p) for p in first["loc"]) if first else ""
+            detail = f"{where or '<root>'}: {first['msg']}" if first else str(exc)
+            raise ReportError(
+                f"{file}: not an EvalReport (`sgt-eval run --out` writes one; "
+                f"{len(errors)} problem(s), first {detail})"
+            ) from None

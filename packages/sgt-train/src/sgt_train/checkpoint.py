@@ -1,18 +1,27 @@
 """Atomic, rotating checkpoints of a DeepSpeed run.
 
 A checkpoint is written into ``checkpoints/.staging-step_N`` by every rank (the DeepSpeed engine
-states, one ``rank_R.pt`` per rank with RNG and sampler states, and on rank 0 ``ema.pt`` and
+states, one ``rank_R.json`` per rank with RNG and sampler states, and on rank 0 ``ema.pt`` and
 ``trainer_state.json``), then rank 0 renames the folder to ``checkpoints/step_N``. The rename
 is the commit: a process killed at any moment leaves every earlier ``step_*`` folder whole, and
 leftovers (``.staging-*``, ``.trash-*``) are removed at the next start. Old checkpoints are
 renamed to ``.trash-*`` before they are deleted, so a half-deleted one never looks valid.
+
+SGT's own files are read without running code from them: ``rank_R.json`` is JSON (tensors and
+arrays inside it base64-encoded); ``ema.pt`` (tensors only) and the ``rank_R.pt`` files of
+checkpoints written by sgt-train 0.3 and earlier are read with ``torch.load(weights_only=True)``,
+which refuses any pickled object but tensors, plain containers and (for the old files) numpy
+arrays; a file that holds anything else raises :class:`UnsafeCheckpointError` naming it. DeepSpeed's own files
+under ``ds/`` are loaded by DeepSpeed, which unpickles them (see the README).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable
@@ -20,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -27,7 +37,13 @@ __all__ = [
     "DS_TAG",
     "CheckpointManager",
     "CheckpointState",
+    "UnsafeCheckpointError",
+    "decode_state",
+    "encode_state",
     "latest_checkpoint",
+    "load_ema_state",
+    "load_module_states",
+    "load_rank_state",
 ]
 
 _log = logging.getLogger(__name__)
@@ -37,6 +53,166 @@ CHECKPOINT_SCHEMA_VERSION = 1
 DS_TAG = "ds"
 _COMMITTED = re.compile(r"^step_(\d{8,})$")
 _STATE_FILE = "trainer_state.json"
+_EMA_FILE = "ema.pt"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file that would run code (or is not what SGT writes) when loaded."""
+
+
+# -- pickle-free rank states -----------------------------------------------------------------
+
+
+def encode_state(value: Any, where: str = "state") -> Any:
+    """A JSON-ready copy of a nested state: tensors, numpy arrays and tuples become tagged dicts.
+
+    Accepts dicts with string keys, lists, tuples, str, int, float, bool, None, numpy arrays and
+    scalars, and CPU-copyable tensors; anything else raises ``TypeError`` naming its path.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return {
+            "$tensor": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+            "data": base64.b64encode(t.view(torch.uint8).numpy().tobytes()).decode("ascii")
+            if t.numel()
+            else "",
+        }
+    if isinstance(value, np.ndarray):
+        a = np.ascontiguousarray(value)
+        if a.dtype.hasobject:
+            raise TypeError(f"{where}: numpy arrays of Python objects cannot be checkpointed")
+        return {
+            "$ndarray": a.dtype.str,
+            "shape": list(a.shape),
+            "data": base64.b64encode(a.tobytes()).decode("ascii"),
+        }
+    if isinstance(value, tuple):
+        return {"$tuple": [encode_state(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [encode_state(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: key {key!r} is not a string")
+            if key.startswith("$"):
+                raise TypeError(f"{where}: key {key!r} starts with '$' (reserved)")
+            out[key] = encode_state(item, f"{where}.{key}")
+        return out
+    raise TypeError(
+        f"{where}: a {type(value).__name__} cannot be checkpointed (use tensors, numpy arrays, "
+        "numbers, strings, lists, tuples and dicts with string keys)"
+    )
+
+
+def decode_state(value: Any) -> Any:
+    """The inverse of :func:`encode_state`."""
+    if isinstance(value, list):
+        return [decode_state(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$tensor" in value:
+        dtype = getattr(torch, value["$tensor"])
+        raw = bytearray(base64.b64decode(value["data"]))
+        flat = (
+            torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        )
+        return flat.view(dtype).reshape(value["shape"]).clone()
+    if "$ndarray" in value:
+        data = base64.b64decode(value["data"])
+        return np.frombuffer(data, dtype=np.dtype(value["$ndarray"])).reshape(value["shape"]).copy()
+    if "$tuple" in value:
+        return tuple(decode_state(v) for v in value["$tuple"])
+    return {k: decode_state(v) for k, v in value.items()}
+
+
+def _numpy_globals() -> list[Any]:
+    """What a pickled numpy array of numbers references (allowed for the rank files of sgt-train 0.3 and earlier)."""
+    multiarray = getattr(np, "_core", None) or np.core
+    found: list[Any] = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype]
+    found += [type(np.dtype(c)) for c in ("u1", "u4", "i4", "i8", "f4", "f8", "b1")]
+    return found
+
+
+def _safe_load(path: Path, extra_globals: list[Any] | None = None) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers (plus ``extra_globals``).
+
+    Raises ``UnsafeCheckpointError`` naming the file and what it references instead of
+    unpickling anything else.
+    """
+    allowed = list(extra_globals or [])
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
+        try:
+            found = [
+                g
+                for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                if g not in names
+            ]
+        except Exception:  # not even a readable pickle: say so without the details
+            found = []
+        what = f"it references {', '.join(found)}" if found else "it is not a plain pickle"
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: {what}, which unpickling would import and run; SGT "
+            "writes only tensors and plain data there, so the file was changed or comes from "
+            "elsewhere"
+        ) from None
+
+
+def load_rank_state(checkpoint: Path, rank: int) -> dict[str, Any]:
+    """One rank's RNG and sampler states: ``rank_R.json``, or a ``rank_R.pt`` of sgt-train 0.3 and earlier."""
+    stem = checkpoint / f"rank_{rank:05d}"
+    json_file = stem.with_suffix(".json")
+    if json_file.is_file():
+        try:
+            state = decode_state(json.loads(json_file.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"{json_file}: not a rank state written by sgt-train ({exc})"
+            ) from None
+    elif stem.with_suffix(".pt").is_file():
+        state = _safe_load(stem.with_suffix(".pt"), _numpy_globals())
+    else:
+        raise ValueError(
+            f"{checkpoint}: no {json_file.name} (nor the {stem.name}.pt of sgt-train 0.3 and earlier)"
+        )
+    if not isinstance(state, dict):
+        raise ValueError(f"{json_file}: expected a mapping, got {type(state).__name__}")
+    return state
+
+
+def load_ema_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The EMA state of a checkpoint folder (``ema.pt``, tensors only), or None without one."""
+    file = checkpoint / _EMA_FILE
+    if not file.is_file():
+        return None
+    state = _safe_load(file)
+    if not isinstance(state, dict) or not isinstance(state.get("shadow"), dict):
+        raise ValueError(f"{file}: not an EMA state written by sgt-train (no 'shadow' mapping)")
+    return state
+
+
+def load_module_states(path: Path) -> dict[str, Any]:
+    """A DeepSpeed ZeRO-0 ``mp_rank_*_model_states.pt`` read with ``weights_only=True``.
+
+    DeepSpeed 0.19 writes tensors and plain containers there (module, optimizer and LR scheduler
+    states, counters, its config), plus sgt-train's ``ScheduleConfig`` inside the LR scheduler's
+    state; a file referencing anything else raises ``UnsafeCheckpointError``.
+    """
+    from sgt_train.config import ScheduleConfig  # the LR schedule's state holds its config
+
+    state = _safe_load(path, [ScheduleConfig])
+    if not isinstance(state, dict) or not isinstance(state.get("module"), dict):
+        raise ValueError(f"{path}: not a DeepSpeed model-states file (no 'module' mapping)")
+    return state
 
 
 @dataclass(frozen=True)
@@ -130,10 +306,13 @@ class CheckpointManager:
             staging.mkdir()
         self._barrier()
         engine.save_checkpoint(str(staging), tag=DS_TAG, client_state={}, save_latest=False)
-        torch.save(rank_state, staging / f"rank_{self.rank:05d}.pt")
+        rank_file = staging / f"rank_{self.rank:05d}.json"
+        rank_file.write_text(
+            json.dumps(encode_state(rank_state, f"{rank_file.name}")), encoding="utf-8"
+        )
         if self.rank == 0:
             if ema_state is not None:
-                torch.save(ema_state, staging / "ema.pt")
+                torch.save(ema_state, staging / _EMA_FILE)
             record = {
                 "schema_version": CHECKPOINT_SCHEMA_VERSION,
                 "step": step,
@@ -174,6 +353,9 @@ class CheckpointManager:
                 f"{path}: checkpoint was written by {saved_world} processes, this run has "
                 f"{self.world_size}; exact resume needs the same world size"
             )
+        # SGT's own files first: one that would run code stops the resume before DeepSpeed loads
+        rank_state = load_rank_state(path, self.rank)
+        ema_state = load_ema_state(path)
         load_path, _ = engine.load_checkpoint(
             str(path),
             tag=DS_TAG,
@@ -182,15 +364,6 @@ class CheckpointManager:
         )
         if load_path is None:
             raise ValueError(f"{path}: DeepSpeed found no engine states under tag {DS_TAG!r}")
-        rank_state = torch.load(
-            path / f"rank_{self.rank:05d}.pt", map_location="cpu", weights_only=False
-        )
-        ema_file = path / "ema.pt"
-        ema_state = (
-            torch.load(ema_file, map_location="cpu", weights_only=False)
-            if ema_file.is_file()
-            else None
-        )
         return CheckpointState(
             path=path,
             step=int(trainer_state["step"]),

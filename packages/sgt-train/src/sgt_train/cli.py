@@ -1,4 +1,9 @@
-"""The ``sgt-train`` command line: ``validate``, ``fit`` and ``export``."""
+"""The ``sgt-train`` command line: ``validate``, ``fit``, ``export``, ``recipes`` and ``demo``.
+
+A mistake in the input (a config, a store, a run folder) is reported in a line or two naming the
+offending thing, with a non-zero exit status; ``--debug`` shows the traceback instead. Ctrl-C
+exits with status 130 after one line saying where the command stopped.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sgt_train._preflight import check_data, format_counts, load_cli_config
 from sgt_train.config import ConfigError, RunConfig, load_run_config
 from sgt_train.demo.command import add_demo_command
 
@@ -23,23 +29,44 @@ __all__ = ["build_parser", "main", "run_fit"]
 _log = logging.getLogger("sgt_train")
 
 
-def _resolve_config(spec: str) -> Path:
-    """A YAML path, or the name of a shipped recipe when no such file exists."""
-    from sgt_train.recipes import recipe_names, recipe_path
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
 
-    path = Path(spec)
-    if not path.exists() and spec in recipe_names():
-        return recipe_path(spec)
-    return path
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching: ``--annotation`` must not silently mean ``--annotations``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _report_data_problems(spec: str, problems: list[str]) -> None:
+    print(
+        f"{spec}: the data mixture cannot be trained ({len(problems)} problem(s))", file=sys.stderr
+    )
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     try:
-        config = load_run_config(_resolve_config(args.config), args.overrides)
+        config = load_cli_config(args.config, args.overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if not args.config_only:
+        check = check_data(config, world_size=args.world_size)
+        if not check.ok:
+            _report_data_problems(args.config, check.problems)
+            return 2
     print(f"{args.config}: valid run config {config.name!r} (model kind {config.model.kind!r})")
+    if not args.config_only:
+        print("\n".join(format_counts(config, check)))
     if args.print:
         print(config.model_dump_json(indent=2))
     return 0
@@ -118,32 +145,94 @@ def run_fit(
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from sgt_train.launch import distributed_exit
+    from sgt_train.launch import destroy_process_group, distributed_exit
 
     local_rank = args.local_rank if args.local_rank is not None else args.launcher_local_rank
     if local_rank is not None:  # the deepspeed launcher passes --local_rank (LOCAL_RANK wins)
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
     try:
-        config = load_run_config(_resolve_config(args.config), args.overrides)
+        config = load_cli_config(args.config, args.overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    code, _ = run_fit(config, resume=not args.no_resume)
+    if problems := check_data(config, world_size=_world_size()).problems:
+        if os.environ.get("RANK", "0") == "0":  # every rank stops; one reports
+            _report_data_problems(args.config, problems)
+        return 2
+    from sgt_train.loop import Hooks, run_dir_of
+
+    reached = [0]
+    hooks = Hooks(on_step=[lambda m: reached.__setitem__(0, m.step)])
+    hooks.on_start.append(lambda start, total: reached.__setitem__(0, start))
+    try:
+        code, _ = run_fit(config, hooks=hooks, resume=not args.no_resume)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        from sgt_train.checkpoint import latest_checkpoint
+
+        destroy_process_group()
+        if os.environ.get("RANK", "0") != "0":  # one line per run, not per rank
+            return EXIT_INTERRUPTED
+        newest = latest_checkpoint(run_dir_of(config) / "checkpoints")
+        where = f"sgt-train fit: interrupted after step {reached[0]} of {config.steps}"
+        command = "the same command without --no-resume" if args.no_resume else "the same command"
+        if newest is None:
+            print(f"{where}; no checkpoint yet, so the same command starts over", file=sys.stderr)
+        else:
+            print(
+                f"{where}; {command} resumes from {newest} (checkpoint.every "
+                f"{config.checkpoint.every})",
+                file=sys.stderr,
+            )
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug or not _is_input_error(exc):
+            raise
+        destroy_process_group()
+        print(f"sgt-train fit: error: {exc} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     distributed_exit(code)
     return code
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    """Errors that mean bad input (a damaged store, a mismatched checkpoint), not a bug."""
+    from sgt_data.errors import SgtDataError
+
+    return isinstance(exc, SgtDataError | ConfigError | ValueError | FileNotFoundError)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from sgt_train.export import ExportError, export_run
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from sgt_train.checkpoint import UnsafeCheckpointError
+
     try:
-        out = export_run(args.run_dir, args.out, ema=args.ema, checkpoint=args.checkpoint)
-    except (ExportError, ConfigError) as exc:
+        ema = args.ema
+        if ema is None:  # EMA weights when the run kept an average (recipes without EMA: raw)
+            from sgt_train.loop import RUN_CONFIG_FILE
+
+            config_file = Path(args.run_dir) / RUN_CONFIG_FILE
+            ema = config_file.is_file() and load_run_config(config_file).ema.decay > 0
+        out = export_run(args.run_dir, args.out, ema=ema, checkpoint=args.checkpoint)
+    except (ExportError, ConfigError, UnsafeCheckpointError) as exc:
+        if args.debug:
+            raise
         print(exc, file=sys.stderr)
         return 2
-    print(f"exported {'EMA' if args.ema else 'raw'} weights to {out}")
+    print(f"exported {'EMA' if ema else 'raw'} weights to {out}")
     return 0
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the Python traceback of an error instead of a one-line message",
+    )
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -159,10 +248,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sgt-train``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sgt-train",
         description="Semantic Generative Tuning: post-train a unified multimodal model.",
     )
+    _add_debug(parser)
     # `deepspeed --module sgt_train.cli fit ...` inserts --local_rank=N before the command
     parser.add_argument(
         "--local_rank",
@@ -172,12 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=argparse.SUPPRESS,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
-    validate = sub.add_parser("validate", help="check a run config and print what is wrong")
+    validate = sub.add_parser(
+        "validate",
+        help="check a run config and its stores; print what is wrong or the per-epoch counts",
+        description="Check a run config, then open every store of its data mixture read-only "
+        "(manifest and sample index only) and report a missing store, a folder that is not a "
+        "store, a source whose task the store lacks or that gets no samples per epoch; "
+        "otherwise print each source's samples per epoch.",
+    )
     validate.add_argument("config", help="run config YAML or shipped recipe name")
     _add_overrides(validate)
     validate.add_argument("--print", action="store_true", help="print the resolved config as JSON")
+    validate.add_argument(
+        "--config-only",
+        action="store_true",
+        help="check the config alone, without opening its stores",
+    )
+    validate.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="processes the run will use, for the per-epoch counts (default 1)",
+    )
+    _add_debug(validate)
     validate.set_defaults(func=_cmd_validate)
 
     fit = sub.add_parser(
@@ -189,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(fit)
     fit.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     fit.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    _add_debug(fit)
     fit.set_defaults(func=_cmd_fit)
 
     export = sub.add_parser("export", help="write a run's weights in from_pretrained format")
@@ -196,13 +308,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="destination folder")
     which = export.add_mutually_exclusive_group()
     which.add_argument(
-        "--ema", dest="ema", action="store_true", default=True, help="EMA weights (default)"
+        "--ema",
+        dest="ema",
+        action="store_true",
+        default=None,
+        help="EMA weights (the default when the run kept an EMA, ema.decay > 0)",
     )
-    which.add_argument("--raw", dest="ema", action="store_false", help="raw trained weights")
+    which.add_argument(
+        "--raw",
+        dest="ema",
+        action="store_false",
+        help="raw trained weights (the default without EMA)",
+    )
     export.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: newest)")
+    _add_debug(export)
     export.set_defaults(func=_cmd_export)
-    add_demo_command(sub)
-    recipes = sub.add_parser("recipes", help="list the shipped recipes")
+    demo = add_demo_command(sub)
+    _add_debug(demo)
+    recipes = sub.add_parser(
+        "recipes",
+        help="list the shipped recipes, or print one as YAML to start a config of your own",
+        description="Without NAME: each shipped recipe and its file. With NAME: that recipe "
+        "with the --set overrides applied, validated, as YAML (e.g. `> my-run.yaml`).",
+    )
+    recipes.add_argument("name", nargs="?", help="print this recipe (or YAML config) as YAML")
+    _add_overrides(recipes)
+    _add_debug(recipes)
     recipes.set_defaults(func=_cmd_recipes)
     return parser
 
@@ -210,16 +341,48 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from sgt_train.recipes import recipe_names, recipe_path
 
-    for name in recipe_names():
-        print(f"{name}\t{recipe_path(name)}")
+    if args.name is None:
+        if args.overrides:
+            print("sgt-train recipes: --set needs a recipe NAME", file=sys.stderr)
+            return 2
+        for name in recipe_names():
+            print(f"{name}\t{recipe_path(name)}")
+        return 0
+    import yaml
+
+    from sgt_train._preflight import resolve_config
+    from sgt_train.config import apply_overrides
+
+    try:
+        load_cli_config(args.name, args.overrides)  # valid, with the overrides
+        path = resolve_config(args.name)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    data = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")), args.overrides)
+    print(f"# {args.name}" + "".join(f" --set {o}" for o in args.overrides))
+    print(yaml.safe_dump(data, sort_keys=False), end="")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sgt-train``."""
+    """Entry point of ``sgt-train``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    args.debug = getattr(args, "debug", False)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up at the flush
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"sgt-train {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output (`| head`) went away: stop quietly, as cat and grep do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return result
 
 

@@ -280,7 +280,9 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> 
 
     if zero_stage == 0:
         path = checkpoint_dir / tag / "mp_rank_00_model_states.pt"
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        from sgt_train.checkpoint import load_module_states
+
+        state = load_module_states(path)
         module: dict[str, Any] = state["module"]
         return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in module.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from sgt_train import ds_config
-from sgt_train.checkpoint import DS_TAG, latest_checkpoint
+from sgt_train.checkpoint import DS_TAG, latest_checkpoint, load_ema_state
 from sgt_train.config import RunConfig, load_run_config
 
 __all__ = ["ExportError", "export_run"]
@@ -36,14 +36,15 @@ def export_run(
     run_dir: str | Path,
     out: str | Path,
     *,
-    ema: bool = True,
+    ema: bool | None = None,
     checkpoint: str | Path | None = None,
     build_model: Callable[[RunConfig], torch.nn.Module] | None = None,
 ) -> Path:
     """Write the newest (or the given) checkpoint of ``run_dir`` to ``out`` via ``save_pretrained``.
 
     ``ema`` takes the EMA weights for the trainable parameters (frozen ones come from the
-    checkpoint); otherwise the raw fp32 weights. Runs in one process without a process group.
+    checkpoint); ``False`` the raw fp32 weights; ``None`` (default) the EMA weights when the run
+    kept an average (``ema.decay > 0``), else the raw ones. Runs in one process without a process group.
     """
     from sgt_train.loop import RUN_CONFIG_FILE
 
@@ -56,13 +57,16 @@ def export_run(
     if ckpt is None or not (ckpt / DS_TAG).is_dir():
         raise ExportError(f"{folder}: no committed checkpoint under {folder / 'checkpoints'}")
     state: dict[str, Any] = ds_config.consolidated_state_dict(ckpt, DS_TAG, config.zero.stage)
+    if ema is None:  # the EMA weights when the run kept an average, else the trained ones
+        ema = config.ema.decay > 0
     if ema:
         ema_file = ckpt / "ema.pt"
-        if not ema_file.is_file():
+        ema_state = load_ema_state(ckpt)
+        if ema_state is None:
             raise ExportError(
                 f"{ckpt}: no ema.pt (the run had ema.decay=0); export the raw weights instead"
             )
-        shadow = torch.load(ema_file, map_location="cpu", weights_only=False)["shadow"]
+        shadow = ema_state["shadow"]
         unknown = sorted(set(shadow) - set(state))
         if unknown:
             raise ExportError(f"{ema_file}: EMA names not in the model: {unknown[:5]}")

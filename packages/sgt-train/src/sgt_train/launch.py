@@ -6,7 +6,13 @@ import os
 import socket
 import sys
 
-__all__ = ["distributed_exit", "free_port", "rank_and_world", "set_single_process_env"]
+__all__ = [
+    "destroy_process_group",
+    "distributed_exit",
+    "free_port",
+    "rank_and_world",
+    "set_single_process_env",
+]
 
 
 def free_port() -> int:
@@ -65,3 +71,15 @@ def distributed_exit(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def destroy_process_group() -> None:
+    """Destroy the process group if there is one (on the way out after an error or Ctrl-C: a
+    group left to the interpreter's exit can abort it in gloo's threads)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # best effort on the way out
+        pass

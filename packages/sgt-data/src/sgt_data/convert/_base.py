@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sgt_data.convert._image_check import structure_problem, verbatim_header
-from sgt_data.errors import ConversionError, SgtDataError, StoreError
+from sgt_data.errors import ConversionError, SgtDataError, StoreError, WorkerDiedError
 from sgt_data.render import (
     DEFAULT_MAX_INSTANCES,
     DEFAULT_NUM_CLASSES,
@@ -646,12 +646,19 @@ def _batches(
         ready: dict[int, _BatchOut | _Crash] = {}
         sent = nxt = 0
 
-        def died(conn: Connection) -> RuntimeError:
+        def died(conn: Connection) -> WorkerDiedError:
             proc = next(p for c, p in procs if c is conn)
             proc.join(1)
-            return RuntimeError(
-                f"a conversion worker died (exit code {proc.exitcode}; -9: killed, e.g. for "
-                "lack of memory); the committed batches are kept, run again to resume"
+            code = proc.exitcode
+            how = (
+                f"killed by signal {-code}"
+                + (" (SIGKILL: by the OS, e.g. for lack of memory)" if code == -9 else "")
+                if code is not None and code < 0
+                else f"exit code {code}"
+            )
+            return WorkerDiedError(
+                f"a conversion worker died ({how}); the committed batches are kept: run the "
+                "same command to resume (with fewer --workers if memory ran out)"
             )
 
         def feed(conn: Connection) -> None:

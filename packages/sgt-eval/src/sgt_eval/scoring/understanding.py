@@ -56,6 +56,24 @@ def _pct(hits: Sequence[float]) -> float:
     return 100.0 * sum(hits) / len(hits) if hits else math.nan
 
 
+#: Deliberate differences from lmms-eval 0.7.3's answer parsing (checked against its code; the
+#: CV-Bench rule is the same as lmms-eval's, see ``parsing.leading_choice_letter``).
+_LMMS_MCQ = (
+    "letter parse: sgt-eval's extract_choice_letter, not lmms-eval 0.7.3's extract_mcq_answer, "
+    "which reads only capitals (a bare 'b' is no answer, 'Answer is b' reads as A) and takes "
+    "the last of several letters named, where sgt-eval reads the letter in either case and "
+    "calls several letters no answer"
+)
+_LMMS_MMVP = (
+    "A/B parse: sgt-eval's extract_choice_letter; lmms-eval 0.7.3's MMVP rule also reads any "
+    "standalone 'a'/'b' anywhere ('there is a dog' reads as A, 'both' as B), sgt-eval does not"
+)
+_LMMS_POPE = (
+    "yes/no parse: POPE's official first-sentence rule; lmms-eval 0.7.3 counts a response only "
+    "when the whole of it, lower-cased and stripped, is 'yes' or 'no' ('Yes.' is neither)"
+)
+
+
 def _letter(answer: str) -> str:
     return answer.strip().strip("()").strip().upper()
 
@@ -148,6 +166,7 @@ def score_mmvp(
         primary_metric="pair_accuracy",
         num_items=n,
         protocol="MMVP: pair accuracy over (2k-1, 2k) pairs, both must be right; A/B letter parse",
+        deviations=(_LMMS_MMVP,),
     )
 
 
@@ -236,6 +255,7 @@ def score_pope(
                 primary_metric="f1",
                 num_items=len(idx),
                 protocol=protocol,
+                deviations=(_LMMS_POPE,),
             )
         )
     pooled = binary_metrics(truths, preds)
@@ -253,6 +273,7 @@ def score_pope(
             primary_metric="f1_mean",
             num_items=n,
             protocol=protocol + "; overall = mean over splits (and pooled)",
+            deviations=(_LMMS_POPE,),
         )
     )
     return results
@@ -336,6 +357,7 @@ def score_mmstar(
         primary_metric="accuracy",
         num_items=n,
         protocol="MMStar accuracy, multiple-choice letter extraction",
+        deviations=(_LMMS_MCQ,),
     )
 
 
@@ -357,6 +379,7 @@ def score_realworldqa(answers: Sequence[str], responses: Sequence[str]) -> Bench
         primary_metric="accuracy",
         num_items=n,
         protocol="RealWorldQA accuracy (lmms-eval rule: letter for A–D answers, else exact match)",
+        deviations=(_LMMS_MCQ,),
     )
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from sgt_train.demo.pipeline import DEMO_SIZES
@@ -24,6 +25,7 @@ class _StageBars:
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
+            self.stage = stage  # still known for the Ctrl-C message
             return
         if stage != self.stage:
             self.close()
@@ -57,13 +59,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from sgt_train.demo.pipeline import run_demo
+    from sgt_train.demo.pipeline import DEMO_SIZES, run_demo
     from sgt_train.launch import distributed_exit
 
     start = time.perf_counter()
     bars = _StageBars(enabled=not args.no_progress)
+    if args.data_only:
+        from sgt_train.demo.stores import build_stores
+
+        spec = DEMO_SIZES[args.size]
+        try:
+            stores = build_stores(
+                Path(args.out), num_train=spec.num_train, num_eval=spec.num_eval, seed=args.seed
+            )
+        except KeyboardInterrupt:
+            if getattr(args, "debug", False):
+                raise
+            print(
+                "sgt-train demo: interrupted while writing the stores; the same command "
+                "writes them again",
+                file=sys.stderr,
+            )
+            return 130
+        m = stores.manifests
+        print(f"{stores.world.root}: the scene world (images, COCO instances, VQA, prompts)")
+        print(f"{stores.scenes}: {m['scenes'].num_samples} samples (segmentation, depth)")
+        print(f"{stores.vqa}: {m['vqa'].num_samples} samples (understanding)")
+        print(f"{stores.t2i}: {m['t2i'].num_samples} samples (text-to-image)")
+        print(f"{stores.eval_semantic}: {m['eval_semantic'].num_samples} held-out samples")
+        return 0
     try:
         result = run_demo(args.out, size=args.size, seed=args.seed, progress=bars)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        from sgt_train.launch import destroy_process_group
+
+        destroy_process_group()
+        bars.close()
+        print(
+            f"sgt-train demo: interrupted during stage {bars.stage or 'start'!r}; the same "
+            "command runs the demo again from the start (it does not resume)",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         bars.close()
     total = time.perf_counter() - start
@@ -78,8 +117,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo_command(sub: Any) -> None:
-    """Register ``demo`` on the ``sgt-train`` subcommand parsers."""
+def add_demo_command(sub: Any) -> argparse.ArgumentParser:
+    """Register ``demo`` on the ``sgt-train`` subcommand parsers; returns its parser."""
     demo = sub.add_parser(
         "demo",
         help="the whole SGT loop on a CPU in minutes (data, training, evaluation, report)",
@@ -104,7 +143,15 @@ def add_demo_command(sub: Any) -> None:
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--verbose", action="store_true", help="log at INFO level")
+    demo.add_argument(
+        "--data-only",
+        action="store_true",
+        help="only write the scene world and its stores under OUT/stores (seconds), e.g. to "
+        "train `tiny-sgt` on them",
+    )
     demo.set_defaults(func=_cmd_demo)
+    parser: argparse.ArgumentParser = demo
+    return parser
 
 
 if __name__ == "__main__":  # pragma: no cover

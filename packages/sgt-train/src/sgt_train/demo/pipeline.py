@@ -141,6 +141,7 @@ def _train(config: RunConfig, stage: str, progress: StageProgress | None) -> Pat
 
     hooks = Hooks()
     if progress is not None:
+        progress(stage, 0, config.steps)  # the stage begins before DeepSpeed has started
         hooks.on_start.append(lambda start, total: progress(stage, start, total))
         hooks.on_step.append(lambda m: progress(stage, m.step, m.total_steps))
     result = fit(config, hooks=hooks, resume=False)

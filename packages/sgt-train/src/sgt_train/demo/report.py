@@ -127,6 +127,18 @@ def plot_losses(runs: Mapping[str, Path], path: Path) -> Path:
     base_vqa = [r["understanding/ce"] for r in rows["base"] if "understanding/ce" in r]
     ax = axes[0]
     ax.plot(range(1, len(base_vqa) + 1), base_vqa, color="C0", label="base")
+    # control and SGT see the same VQA micro-batches, so their lines can coincide: a solid
+    # line for the control under a dashed one with markers for SGT keeps both visible
+    styles = {
+        "control": {"linestyle": "-", "linewidth": 2.5},
+        "sgt": {
+            "linestyle": "--",
+            "linewidth": 1.2,
+            "marker": "o",
+            "markersize": 3,
+            "markevery": 0.1,
+        },
+    }
     for i, name in enumerate(("control", "sgt"), 1):
         ce = [r["understanding/ce"] for r in rows[name] if "understanding/ce" in r]
         ax.plot(
@@ -134,6 +146,7 @@ def plot_losses(runs: Mapping[str, Path], path: Path) -> Path:
             ce,
             color=f"C{i}",
             label=_TITLES[name],
+            **styles[name],
         )
     ax.set(title="understanding (cross-entropy)", xlabel="VQA micro-batches seen", ylabel="loss")
     ax.legend(fontsize=7)
