@@ -48,7 +48,9 @@ def test_derived_keys_follow_the_run_config() -> None:
 def test_offload_uses_cpu_adam_and_no_clip_means_zero() -> None:
     config = validate_run_config(
         _config(
-            grad_clip=None, zero={"stage": 3, "offload_optimizer": True, "offload_params": True}
+            grad_clip=None,
+            zero={"stage": 3, "offload_optimizer": True, "offload_params": True},
+            gradient_accumulation=1,  # ZeRO-3 offload with accumulation is refused
         )
     )
     ds = build_ds_config(config)
