@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export)
     demo = add_demo_command(sub)
     _add_debug(demo)
+    from sgt_train.sweep import add_sweep_command
+
+    add_sweep_command(sub)
     recipes = sub.add_parser(
         "recipes",
         help="list the shipped recipes, or print one as YAML to start a config of your own",

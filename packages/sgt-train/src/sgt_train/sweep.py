@@ -1,0 +1,714 @@
+"""``sgt-train sweep SWEEP.yaml``: a grid of run configs (arms) x seeds on the scene world, run one
+after another in this process, resumable, collected into one comparison report.
+
+A sweep file names a base run config (a recipe or YAML path plus ``a.b=c`` overrides), the arms
+(each a list of stages of overrides; a stage after the first starts from the previous stage's
+export, which is how "proxy first, then VQA" is written), the seeds, how the scene world is
+built and how each finished run is evaluated. Layout of the output folder::
+
+    stores/                     the scene world and its stores (built once; ``stores.done``)
+    runs/s<seed>/<arm>/<stage>/ sgt-train run folders (checkpoints, ``final/`` export, ``stage.done``)
+    runs/s<seed>/<arm>/report.json, done.json    the run's EvalReport, then its done marker
+    events.jsonl                what was trained and evaluated, one line each (for audits)
+    report/report.json, report/report.md, report/plots/*.png
+
+Resuming: a run with ``done.json`` is never repeated; a stage with ``stage.done`` is not
+retrained; a half-trained stage resumes from its newest checkpoint through sgt-train's own
+resume. Markers are written atomically (a temporary file renamed over the target) after the
+artefact they vouch for.
+
+TODO: ``--runs-per-gpu`` / spreading runs over the GPUs of a node (each run in its own process,
+``CUDA_VISIBLE_DEVICES`` per worker); today every run is trained in this process, one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sgt_train.config import ConfigError
+from sgt_train.sweep_report import SweepReport, markdown_report, plot_sweep, summarize
+
+if TYPE_CHECKING:
+    from sgt_eval.report import EvalReport
+    from sgt_train.config import RunConfig
+    from sgt_train.demo.stores import DemoStores
+
+__all__ = [
+    "SWEEP_SCHEMA_VERSION",
+    "Arm",
+    "BaseRun",
+    "EvaluationSpec",
+    "Stage",
+    "SweepError",
+    "SweepFile",
+    "SweepResult",
+    "TableSpec",
+    "WorldSpec",
+    "add_sweep_command",
+    "cmd_sweep",
+    "load_sweep",
+    "plan_runs",
+    "run_sweep",
+]
+
+_log = logging.getLogger(__name__)
+
+SWEEP_SCHEMA_VERSION: Literal[1] = 1
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+#: ``${world.<store>}`` in an override value becomes that store's path (see ``WorldSpec``).
+_PLACEHOLDER = re.compile(r"\$\{world\.([a-z_]+)\}")
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be used; the message names the file, the field and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseRun(_Strict):
+    """The run config every run starts from: a recipe name or YAML path, then overrides."""
+
+    config: str = Field(min_length=1, description="shipped recipe name or YAML path")
+    set: list[str] = Field(default_factory=list, description="a.b=c overrides (as --set)")
+
+
+class Stage(_Strict):
+    """One training run of an arm: overrides applied over the base config (and the arm's)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    set: list[str] = Field(default_factory=list)
+
+
+class Arm(_Strict):
+    """A row of the comparison. ``set`` is shorthand for one stage named ``train``; ``stages``
+    run in order, each after the first initialised from the previous stage's export; an arm
+    with neither evaluates its starting point (the ``pretrain`` export, e.g. the base model)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    label: str | None = Field(default=None, description="row label in tables (default: name)")
+    set: list[str] | None = None
+    stages: list[Stage] | None = None
+    compare_to: str | None = Field(
+        default=None, description="paired comparison against this arm (default: sweep baseline)"
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Arm:
+        if self.set is not None and self.stages is not None:
+            raise ValueError("give either set (one stage) or stages, not both")
+        if self.stages is not None:
+            names = [s.name for s in self.stages]
+            if len(set(names)) != len(names):
+                raise ValueError(f"stage names repeat: {names}")
+        return self
+
+    def stage_list(self) -> list[Stage]:
+        """The arm's stages (``set`` as one stage named ``train``)."""
+        if self.stages is not None:
+            return list(self.stages)
+        if self.set is not None:
+            return [Stage(name="train", set=list(self.set))]
+        return []
+
+
+class WorldSpec(_Strict):
+    """The scene world the sweep builds once (``sgt_train.demo.stores.build_stores``); override
+    values may name its stores as ``${world.scenes}``, ``${world.vqa}``, ``${world.t2i}``,
+    ``${world.eval_semantic}``, ``${world.edge}`` (and ``${world.root}``, the folder of the world)."""
+
+    num_train: int = Field(ge=1)
+    num_eval: int = Field(ge=1)
+    seed: int = Field(default=0, ge=0, description="the world is the same for every run seed")
+    image_size: int = Field(default=64, ge=16)
+    edge: bool = Field(default=True, description="also convert a Canny edge store (${world.edge})")
+    scene: dict[str, Any] = Field(
+        default_factory=dict, description="sgt_data.scenes.SceneConfig fields (sizes, objects)"
+    )
+
+    @model_validator(mode="after")
+    def _check_scene(self) -> WorldSpec:
+        from sgt_data.scenes import SceneConfig
+
+        try:
+            SceneConfig(height=self.image_size, width=self.image_size, **self.scene)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"scene{'.' + where if where else ''}: {err['msg']}") from None
+        return self
+
+
+class EvaluationSpec(_Strict):
+    """How a finished run is evaluated on the held-out scenes (``demo.evaluation``)."""
+
+    max_questions: int | None = Field(default=240, ge=1)
+    max_prompts: int | None = Field(default=60, ge=0)
+    seg_images: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=8, ge=1)
+    inference_steps: int = Field(default=16, ge=1)
+    #: name -> metric keys ('benchmark/split/metric'); a run's aggregate is their mean
+    aggregates: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class TableColumn(_Strict):
+    """A table column: a metric key ('benchmark/split/metric' or an aggregate name)."""
+
+    label: str
+    metric: str
+
+
+class TableSpec(_Strict):
+    """A table (and its plots) of the report: rows are arms in this order."""
+
+    title: str
+    arms: list[str] = Field(min_length=1)
+    columns: list[TableColumn] = Field(default_factory=list, description="default: all metrics")
+    #: arm -> x value: the plots draw a line over x (e.g. segmentation samples) instead of bars
+    x: dict[str, float] = Field(default_factory=dict)
+    x_label: str = "x"
+
+
+class SweepFile(_Strict):
+    """A sweep: base config x arms x seeds, the world, the evaluation and the report tables."""
+
+    schema_version: Literal[1] = SWEEP_SCHEMA_VERSION
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: str = Field(description="relative paths are relative to the current directory")
+    base: BaseRun
+    pretrain: list[str] | None = Field(
+        default=None,
+        description="overrides of a stage trained once per seed that every arm starts from",
+    )
+    arms: list[Arm] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    #: the run-config fields that take the seed
+    seed_fields: list[str] = Field(default_factory=lambda: ["seed", "data.seed"])
+    baseline: str | None = Field(default=None, description="default compare_to (the first arm)")
+    world: WorldSpec
+    evaluation: EvaluationSpec = EvaluationSpec()
+    tables: list[TableSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> SweepFile:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names repeat: {names}")
+        if "_pretrain" in names:
+            raise ValueError("arm name '_pretrain' is reserved")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds repeat: {self.seeds}")
+        known = set(names)
+        for where, arm in [("baseline", self.baseline)] + [
+            (f"arms.{a.name}.compare_to", a.compare_to) for a in self.arms
+        ]:
+            if arm is not None and arm not in known:
+                raise ValueError(f"{where}: no arm {arm!r}")
+        for t in self.tables:
+            unknown = [a for a in t.arms if a not in known]
+            if unknown:
+                raise ValueError(f"table {t.title!r}: no arm(s) {unknown}")
+        if self.pretrain is None and any(not a.stage_list() for a in self.arms):
+            raise ValueError("an arm without stages evaluates the pretrain stage: add pretrain")
+        return self
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """(arm, against) pairs: each arm against its ``compare_to`` or the baseline."""
+        default = self.baseline or self.arms[0].name
+        pairs = []
+        for arm in self.arms:
+            against = arm.compare_to or default
+            if against != arm.name:
+                pairs.append((arm.name, against))
+        return pairs
+
+
+def _format_validation(file: Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{file}: {loc}: {err['msg']}{more}"
+
+
+def load_sweep(path: str | Path) -> SweepFile:
+    """Read and validate a sweep file (a path or a shipped ``recipes/sweeps`` name); also checks
+    that the base config with every arm's and stage's overrides is a valid run config.
+    ``SweepError`` names the file, the field and the reason in one line."""
+    file = _resolve_sweep(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SweepError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise SweepError(f"{file}: <yaml>: {where}{getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"{file}: <root>: expected a mapping, got {type(data).__name__}")
+    try:
+        sweep = SweepFile.model_validate(data)
+    except ValidationError as exc:
+        raise SweepError(_format_validation(file, exc)) from None
+    stores = _store_paths(Path(sweep.output_dir) / "stores")
+    # one seed is enough: seeds change only the seed fields
+    for unit in (u for u in plan_runs(sweep) if u.seed == sweep.seeds[0]):
+        for stage in unit.stages:
+            try:
+                _stage_config(sweep, unit, stage, stores, Path(sweep.output_dir), None)
+            except ConfigError as exc:  # its first line says "invalid run config"; keep the field
+                first = str(exc).splitlines()
+                detail = first[1].strip() if len(first) > 1 else first[0]
+                raise SweepError(
+                    f"{file}: arms.{unit.arm}.{stage.name}: not a valid run config: {detail}"
+                ) from None
+    return sweep
+
+
+def _resolve_sweep(path: str | Path) -> Path:
+    file = Path(path)
+    if file.exists() or file.suffix in (".yaml", ".yml"):
+        return file
+    from importlib.resources import files
+
+    shipped = Path(str(files("sgt_train.recipes").joinpath("sweeps", f"{path}.yaml")))
+    return shipped if shipped.is_file() else file
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunUnit:
+    """One (arm, seed): its stages in order, trained under ``runs/s<seed>/<arm>/``."""
+
+    arm: str
+    seed: int
+    stages: tuple[Stage, ...]
+    from_pretrain: bool
+
+    def folder(self, out: Path) -> Path:
+        """Where the unit's run folders, report and done marker lie."""
+        return out / "runs" / f"s{self.seed}" / self.arm
+
+
+def plan_runs(sweep: SweepFile) -> list[RunUnit]:
+    """Every (arm, seed) in run order: seed by seed, arms in file order (so a partial sweep has
+    complete seeds for paired comparisons). A seed's pretrain stage comes first."""
+    units = []
+    for seed in sweep.seeds:
+        if sweep.pretrain is not None:
+            units.append(
+                RunUnit("_pretrain", seed, (Stage(name="pretrain", set=sweep.pretrain),), False)
+            )
+        for arm in sweep.arms:
+            units.append(
+                RunUnit(arm.name, seed, tuple(arm.stage_list()), sweep.pretrain is not None)
+            )
+    return units
+
+
+def _store_paths(stores: Path) -> dict[str, str]:
+    return {
+        "root": str(stores / "world"),
+        "scenes": str(stores / "stores" / "scenes-train"),
+        "vqa": str(stores / "stores" / "scenes-train-vqa"),
+        "t2i": str(stores / "stores" / "scenes-train-t2i"),
+        "eval_semantic": str(stores / "stores" / "scenes-eval-semantic"),
+        "edge": str(stores / "stores" / "scenes-train-edge"),
+    }
+
+
+def _substitute(overrides: Sequence[str], stores: Mapping[str, str]) -> list[str]:
+    def one(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in stores:
+            raise ConfigError(f"unknown placeholder ${{world.{key}}}; known: {', '.join(stores)}")
+        return stores[key]
+
+    return [_PLACEHOLDER.sub(one, o) for o in overrides]
+
+
+def _stage_config(
+    sweep: SweepFile,
+    unit: RunUnit,
+    stage: Stage,
+    stores: Mapping[str, str],
+    out: Path,
+    init_from: Path | None,
+) -> RunConfig:
+    from sgt_train._preflight import resolve_config
+    from sgt_train.config import apply_overrides, validate_run_config
+
+    base_file = resolve_config(sweep.base.config)
+    data = yaml.safe_load(base_file.read_text(encoding="utf-8")) or {}
+    overrides = [*sweep.base.set, *stage.set]
+    overrides += [f"{f}={unit.seed}" for f in sweep.seed_fields]
+    overrides += [f"name={stage.name}", f"output_dir={unit.folder(out)}"]
+    if init_from is not None:
+        overrides.append(f"init_from={init_from}")
+    data = apply_overrides(data, _substitute(overrides, stores))
+    if isinstance(data.get("model"), dict) and data["model"].get("kind") == "reference":
+        data["model"]["image_size"] = sweep.world.image_size  # the world's resolution
+    return validate_run_config(data, f"{base_file} (sweep arm {unit.arm}, stage {stage.name})")
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+@dataclass
+class SweepResult:
+    """What ``run_sweep`` did and where the report lies."""
+
+    out_dir: Path
+    report: SweepReport
+    report_dir: Path
+    trained: list[str]
+    evaluated: list[str]
+    skipped: list[str]
+    seconds: float
+
+
+#: ``progress(event, unit, detail)``: events 'skip', 'train', 'evaluate', 'done'
+SweepProgress = Callable[[str, str, str], None]
+
+
+class _Events:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def log(self, event: str, unit: str, **fields: Any) -> None:
+        record = {"event": event, "unit": unit, "time": time.time(), **fields}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _build_world(sweep: SweepFile, out: Path) -> DemoStores:
+    """Build the world and its stores once; later calls reopen them (``stores.done``)."""
+    import dataclasses
+
+    from sgt_data.scenes import SceneConfig, WorldPaths, WorldSplitPaths
+    from sgt_train.demo.stores import DemoStores, build_stores
+
+    folder = out / "stores"
+    marker = folder / "stores.done"
+    wanted = sweep.world.model_dump(mode="json")
+    if marker.is_file():
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        if record["world"] != wanted:
+            raise SweepError(
+                f"{folder}: built for another world ({record['world']}); use a new output_dir"
+            )
+        paths = record["paths"]
+
+        def split(d: dict[str, Any]) -> WorldSplitPaths:
+            return WorldSplitPaths(
+                split=str(d["split"]), images=Path(d["images"]), instances=Path(d["instances"]),
+                semantic=Path(d["semantic"]), depth=Path(d["depth"]), vqa=Path(d["vqa"]),
+                t2i=Path(d["t2i"]), num_images=int(d["num_images"]),
+            )  # fmt: skip
+
+        world = WorldPaths(
+            root=Path(paths["root"]), manifest=Path(paths["manifest"]),
+            train=split(paths["train"]), eval=split(paths["eval"]),
+        )  # fmt: skip
+        stores = _store_paths(folder)
+        return DemoStores(
+            world=world, scenes=Path(stores["scenes"]), vqa=Path(stores["vqa"]),
+            t2i=Path(stores["t2i"]), eval_semantic=Path(stores["eval_semantic"]), manifests={},
+        )  # fmt: skip
+    spec = sweep.world
+    built = build_stores(
+        folder, num_train=spec.num_train, num_eval=spec.num_eval, seed=spec.seed,
+        config=SceneConfig(height=spec.image_size, width=spec.image_size, **spec.scene),
+    )  # fmt: skip
+    if spec.edge:  # the demo's stores have no edge targets: one more conversion of the train split
+        from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
+        from sgt_train.demo.stores import NUM_SCENE_CLASSES
+
+        options = ConvertOptions(
+            name="scenes-train-edge", edge=True, reconstruction=False, seed=spec.seed,
+            num_classes=NUM_SCENE_CLASSES,
+        )  # fmt: skip
+        converter = CocoInstancesConverter(
+            built.world.train.instances, built.world.train.images, options
+        )
+        run_conversion(converter, Path(_store_paths(folder)["edge"]), overwrite=True)
+    record = {"world": wanted, "paths": dataclasses.asdict(built.world)}
+    _write_atomic(marker, json.dumps(record, default=str) + "\n")
+    return built
+
+
+def _train_stage(config: RunConfig, on_start: Callable[[int, int], None]) -> Path:
+    """Train (resuming from the newest checkpoint) and export; the exported folder."""
+    from sgt_train.export import export_run
+    from sgt_train.loop import Hooks, fit, run_dir_of
+
+    fit(config, hooks=Hooks(on_start=[on_start]), resume=True)
+    run_dir = run_dir_of(config)
+    # DeepSpeed's fp32 consolidation prints to stdout and draws its own bar
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return export_run(run_dir, run_dir / "final", ema=False)
+
+
+def _evaluate(
+    sweep: SweepFile, unit: RunUnit, weights: Path, stores: DemoStores, out: Path
+) -> EvalReport:
+    from typing import cast
+
+    from sgt_eval.harness import build_report
+    from sgt_eval.report import EvalSettings
+    from sgt_models.registry import load_adapter
+    from sgt_train.demo.evaluation import (
+        evaluate_model,
+        load_scene_prompts,
+        load_scene_vqa,
+        load_segmentation_set,
+    )
+
+    if TYPE_CHECKING:
+        from sgt_models.protocol import UnifiedModelAdapter
+    ev = sweep.evaluation
+    vqa = load_scene_vqa(stores.world.eval.vqa, stores.world.root, ev.max_questions)
+    prompts = load_scene_prompts(stores.world.eval.t2i, ev.max_prompts)
+    segmentation = load_segmentation_set(stores.eval_semantic, ev.seg_images)
+    settings = EvalSettings(
+        seed=unit.seed, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+        num_inference_steps=ev.inference_steps,
+    )  # fmt: skip
+    adapter = cast("UnifiedModelAdapter", load_adapter(weights).eval())
+    results, _maps = evaluate_model(
+        adapter, vqa, prompts, segmentation, settings,
+        geneval_dir=unit.folder(out) / "geneval",
+    )  # fmt: skip
+    name = f"{sweep.name}/{unit.arm}/s{unit.seed}"
+    return build_report(name, adapter.kind, settings, results, str(weights))
+
+
+def _run_unit(
+    sweep: SweepFile,
+    unit: RunUnit,
+    out: Path,
+    stores: DemoStores,
+    events: _Events,
+    pretrain_exports: Mapping[int, Path],
+    progress: SweepProgress | None,
+) -> tuple[Path | None, list[str]]:
+    """Train the unit's stages (skipping finished ones); its final export and stages trained."""
+    store_paths = _store_paths(out / "stores")
+    init: Path | None = pretrain_exports.get(unit.seed) if unit.from_pretrain else None
+    trained = []
+    key = f"{unit.arm}/s{unit.seed}"
+    for stage in unit.stages:
+        config = _stage_config(sweep, unit, stage, store_paths, out, init)
+        marker = unit.folder(out) / stage.name / "stage.done"
+        if marker.is_file():
+            init = Path(json.loads(marker.read_text(encoding="utf-8"))["export"])
+            continue
+        if progress is not None:
+            progress("train", key, stage.name)
+        events.log("train", key, stage=stage.name)
+        t0 = time.perf_counter()
+
+        def started(start: int, total: int, stage_name: str = stage.name) -> None:
+            events.log("started", key, stage=stage_name, start_step=start, total_steps=total)
+
+        init = _train_stage(config, started)
+        _write_atomic(marker, json.dumps({"export": str(init)}) + "\n")
+        events.log("trained", key, stage=stage.name, seconds=time.perf_counter() - t0)
+        trained.append(f"{key}/{stage.name}")
+    return init, trained
+
+
+def _metrics_of(report: EvalReport, aggregates: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    values = {
+        f"{r.benchmark}/{r.split}/{m}": float(v)
+        for r in report.results
+        for m, v in r.metrics.items()
+    }
+    for name, keys in aggregates.items():
+        present = [values[k] for k in keys if k in values]
+        if len(present) == len(keys) and keys:
+            values[name] = sum(present) / len(present)
+    return values
+
+
+def run_sweep(
+    path: str | Path, *, progress: SweepProgress | None = None, stop_after: int | None = None
+) -> SweepResult:
+    """Run (or continue) every (arm, seed) of the sweep file at ``path``; write the report.
+
+    ``stop_after``: stop after this many newly finished runs (for tests of resuming).
+    """
+    from sgt_eval.report import EvalReport
+    from sgt_train.launch import set_single_process_env
+
+    t_start = time.perf_counter()
+    sweep = load_sweep(path)
+    out = Path(sweep.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "sweep.json", sweep.model_dump_json(indent=2) + "\n")
+    events = _Events(out / "events.jsonl")
+    if len(sweep.seeds) < 3:
+        _log.warning("%s: %d seed(s): intervals need at least 3", path, len(sweep.seeds))
+    stores = _build_world(sweep, out)
+    set_single_process_env()
+    pretrain_exports: dict[int, Path] = {}
+    trained, evaluated, skipped = [], [], []
+    runs: dict[str, dict[int, dict[str, float]]] = {}
+    headline: list[str] = []
+    finished_now = 0
+
+    def collect(unit: RunUnit, report: EvalReport) -> None:
+        runs.setdefault(unit.arm, {})[unit.seed] = _metrics_of(report, sweep.evaluation.aggregates)
+        for r in report.results:
+            key = f"{r.benchmark}/{r.split}/{r.primary_metric}"
+            headline.extend([key] if key not in headline else [])
+
+    for unit in plan_runs(sweep):
+        key = f"{unit.arm}/s{unit.seed}"
+        folder = unit.folder(out)
+        done, report_file = folder / "done.json", folder / "report.json"
+        if unit.arm == "_pretrain":
+            export, new = _run_unit(sweep, unit, out, stores, events, pretrain_exports, progress)
+            assert export is not None
+            pretrain_exports[unit.seed] = export
+            trained += new
+            continue
+        if done.is_file():
+            skipped.append(key)
+            if progress is not None:
+                progress("skip", key, "done")
+            collect(unit, EvalReport.read(report_file))
+            continue
+        if stop_after is not None and finished_now >= stop_after:
+            break
+        export, new = _run_unit(sweep, unit, out, stores, events, pretrain_exports, progress)
+        trained += new
+        assert export is not None  # an arm without stages starts from the pretrain export
+        if progress is not None:
+            progress("evaluate", key, str(export))
+        events.log("evaluate", key)
+        report = _evaluate(sweep, unit, export, stores, out)
+        report.write(report_file)
+        _write_atomic(done, json.dumps({"report": str(report_file), "export": str(export)}) + "\n")
+        events.log("done", key)
+        evaluated.append(key)
+        finished_now += 1
+        if progress is not None:
+            progress("done", key, str(report_file))
+        collect(unit, report)
+    report_dir = out / "report"
+    headline += [a for a in sweep.evaluation.aggregates if a not in headline]
+    sweep_report = write_sweep_report(sweep, str(path), runs, report_dir, headline)
+    return SweepResult(
+        out, sweep_report, report_dir, trained, evaluated, skipped, time.perf_counter() - t_start
+    )
+
+
+def write_sweep_report(
+    sweep: SweepFile,
+    sweep_file: str,
+    runs: Mapping[str, Mapping[int, Mapping[str, float]]],
+    report_dir: Path,
+    headline: Sequence[str] = (),
+) -> SweepReport:
+    """Write ``report.json``, ``report.md`` and the plots of ``runs`` into ``report_dir``."""
+    labels = {a.name: a.label or a.name for a in sweep.arms}
+    tables = [t.model_dump(mode="json") for t in sweep.tables]
+    report = summarize(
+        sweep.name, sweep_file, [a.name for a in sweep.arms], labels, sweep.seeds, runs,
+        sweep.comparisons(), tables, headline,
+    )  # fmt: skip
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(report_dir / "report.json", report.model_dump_json(indent=2) + "\n")
+    _write_atomic(report_dir / "report.md", markdown_report(report))
+    plot_sweep(report, report_dir / "plots")
+    return report
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def add_sweep_command(subparsers: Any) -> None:
+    """Register ``sweep`` on the ``sgt-train`` subcommand parsers."""
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="run a grid of run configs x seeds (resumable) and write one comparison report",
+        description="Train and evaluate every (arm, seed) of a sweep file one after another, "
+        "skipping finished runs, then write OUT/report/report.{json,md} and plots: per arm the "
+        "mean over seeds with a 95% Student-t interval and paired comparisons between arms.",
+        allow_abbrev=False,
+    )
+    sweep.add_argument("sweep_file", help="sweep YAML, or a shipped sweep name (e.g. sgt-mini)")
+    sweep.add_argument("--verbose", action="store_true", help="log at INFO level")
+    sweep.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``sgt-train sweep``: exit 0, 2 for a bad sweep file, 130 on Ctrl-C."""
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def show(event: str, unit: str, detail: str) -> None:
+        print(f"sgt-train sweep: {event} {unit} {detail}", file=sys.stderr, flush=True)
+
+    try:
+        result = run_sweep(args.sweep_file, progress=show)
+    except SweepError as exc:
+        print(f"sgt-train sweep: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            f"sgt-train sweep: interrupted; `sgt-train sweep {args.sweep_file}` continues where "
+            "it stopped (finished runs are not repeated)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    missing = f", missing {len(result.report.missing)}" if result.report.missing else ""
+    print(
+        f"sgt-train sweep: {len(result.evaluated)} run(s) finished now, {len(result.skipped)} "
+        f"already done{missing}; report {result.report_dir / 'report.md'} "
+        f"({result.seconds:.0f} s)"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sgt_train.sweep SWEEP.yaml`` (the same as ``sgt-train sweep``)."""
+    parser = argparse.ArgumentParser(prog="sgt-train sweep")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_sweep_command(sub)
+    return cmd_sweep(parser.parse_args(["sweep", *(argv if argv is not None else sys.argv[1:])]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
