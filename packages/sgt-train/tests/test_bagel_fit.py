@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +25,9 @@ import numpy as np
 import pytest
 import torch
 
+import family_fit
 from sgt_data import Sample
-from sgt_models import GenerationSettings, LossWeights
+from sgt_models import GenerationSettings
 from sgt_models.bagel.testing import TINY_ADAPTER_SETTINGS, write_tiny_bagel_folder
 from sgt_models.registry import load_adapter
 from sgt_models.testing import contract_samples
@@ -38,10 +36,8 @@ from sgt_train.checkpoint import load_rank_state
 from sgt_train.config import RunConfig
 from sgt_train.demo.stores import DemoStores, build_stores
 from sgt_train.export import export_run
-from sgt_train.launch import free_port
-from sgt_train.loop import Hooks, StepMetrics, fit
+from sgt_train.loop import fit
 
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: The token budget of a pack. A demo sample takes 44-85 tokens at the tiny sizes (28 px ViT
 #: input, 32 px VAE maps: 6 tokens per image, the rest is text), so a pack holds 2 to 4 samples
 #: and its boundaries fall inside the mixture's draws of 3 (micro_batch_size) samples.
@@ -111,41 +107,8 @@ def _config(out: Path, tiny: Path, stores: DemoStores, **kwargs: Any) -> RunConf
     return load_cli_config("bagel-sgt", _overrides(out, tiny, stores, **kwargs))
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update({"DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    return env
-
-
-def _rows(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-# -- two processes under sgt-train fit -----------------------------------------------------------
-
-
-def _torchrun_fit(out: Path, overrides: Sequence[str], timeout: float = 300) -> None:
-    out.mkdir(parents=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        __file__,
-        str(out),
-        "fit",
-        "bagel-sgt",
-        *[a for o in overrides for a in ("--set", o)],
-    ]
-    proc = subprocess.run(
-        command, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def _torchrun_fit(out: Path, overrides: Sequence[str]) -> None:
+    family_fit.torchrun_fit(__file__, out, "bagel-sgt", overrides)
 
 
 def test_recipe_trains_in_two_processes_under_zero2_and_zero3(
@@ -179,7 +142,7 @@ def test_recipe_trains_in_two_processes_under_zero2_and_zero3(
         assert len(set(counts)) > 1, counts  # the budget decides, not a fixed sample count
 
         run = out / "bagel-sgt"
-        rows = _rows(run)
+        rows = family_fit.rows(run)
         assert [r["step"] for r in rows] == [1, 2, 3]
         assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows), rows
         for row in rows:  # every pack mixes both tasks: both losses, every step
@@ -206,14 +169,6 @@ def test_recipe_trains_in_two_processes_under_zero2_and_zero3(
 # -- SIGTERM and resume ----------------------------------------------------------------------------
 
 
-def _sigterm_at(step: int) -> Hooks:
-    def on_step(metrics: StepMetrics) -> None:
-        if metrics.step == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return Hooks(on_step=[on_step])
-
-
 @pytest.mark.parametrize("stage", [2, 3], ids=["zero2", "zero3"])
 def test_sigterm_and_resume_are_bit_identical(
     tmp_path: Path, tiny: Path, stores: DemoStores, stage: int
@@ -226,7 +181,7 @@ def test_sigterm_and_resume_are_bit_identical(
         return _config(out, tiny, stores, stage=stage, steps=4, every=4)
 
     full = fit(config(tmp_path / "full"))
-    first = fit(config(tmp_path / "split"), hooks=_sigterm_at(2))
+    first = fit(config(tmp_path / "split"), hooks=family_fit.sigterm_at(2))
     assert first.preempted
     assert first.last_checkpoint is not None
     assert first.last_checkpoint.name == "step_00000002"
@@ -250,7 +205,7 @@ def test_sigterm_and_resume_are_bit_identical(
     assert ema[0].keys() == ema[1].keys()
     for name, value in ema[0].items():
         assert torch.equal(value, ema[1][name]), name
-    rows = _rows(resumed.run_dir)
+    rows = family_fit.rows(resumed.run_dir)
     assert [r["loss"] for r in rows] == full.losses
     assert all("segmentation/mse" in r and "understanding/ce" in r for r in rows), rows
     steps = np.diff([0] + [r["samples"] for r in rows]).tolist()
@@ -266,37 +221,8 @@ def _fixed_samples() -> list[Sample]:
 
 
 def _outputs(model: Any) -> dict[str, Any]:
-    """Loss parts on a fixed batch with a fixed seed, greedy answers and a 2-step generation."""
-    model.eval()
-    samples = _fixed_samples()
-    with torch.no_grad():
-        torch.manual_seed(11)
-        loss = model.loss(model.collate(samples), LossWeights())
-    image = samples[1].image
     settings = GenerationSettings(num_steps=2, height=32, width=32, seed=5)
-    return {
-        "total": loss.total.detach(),
-        "ce": loss.parts["ce"].detach(),
-        "mse": loss.parts["mse"].detach(),
-        "answer": model.answer([image], ["What is in the image?"], max_new_tokens=6),
-        "t2i": model.generate(["Draw a cat."], settings=settings)[0],
-        "seg": model.generate(
-            ["Segment instances with different colors."], [image], settings=settings
-        )[0],
-    }
-
-
-def _check(folder: Path) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "sgt_models.cli", "check", str(folder)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return family_fit.outputs(model, _fixed_samples(), settings)
 
 
 def _safetensors_keys(folder: Path) -> dict[str, set[str]]:
@@ -326,7 +252,7 @@ def test_zero3_run_exports_an_official_folder_with_the_trained_outputs(
     keys = _safetensors_keys(out)
     assert keys["ema.safetensors"] == _safetensors_keys(tiny)["ema.safetensors"]
     assert keys["ae.safetensors"] == _safetensors_keys(tiny)["ae.safetensors"]
-    assert "BAGEL" in _check(out)
+    assert "BAGEL" in family_fit.check(out)
 
     loaded = load_adapter(out)
     for (name, a), b in zip(
@@ -367,7 +293,7 @@ def test_lora_run_exports_merged_weights_with_the_unmerged_outputs(
     official = _safetensors_keys(tiny)
     raw = export_run(result.run_dir, tmp_path / "raw", ema=False)
     assert _safetensors_keys(raw) == {**official, "model.safetensors": official["ema.safetensors"]}
-    _check(raw)
+    family_fit.check(raw)
     loaded = load_adapter(raw)
     assert not any(".lora_" in n for n, _ in loaded.named_parameters())
     assert json.loads((raw / "sgt_adapter.json").read_text())["lora_rank"] is None
@@ -381,7 +307,7 @@ def test_lora_run_exports_merged_weights_with_the_unmerged_outputs(
         assert diff.max() <= 1, key
 
     ema = export_run(result.run_dir, tmp_path / "ema")  # EMA 0.9999: close to the start
-    _check(ema)
+    family_fit.check(ema)
     ema_model = load_adapter(ema)
     base, raw_state = load_adapter(tiny).state_dict(), loaded.state_dict()
     for name, value in ema_model.state_dict().items():
@@ -400,10 +326,7 @@ def _worker(argv: Sequence[str]) -> int:
     """``sgt-train`` with ``argv[1:]``; each rank writes its losses, its packs (tokens, samples)
     and final weights to ``argv[0]``."""
     from sgt_models.bagel.modeling import BagelAdapter
-    from sgt_train import cli
 
-    out = Path(argv[0])
-    run_fit = cli.run_fit
     collate = BagelAdapter.collate
     packs: list[list[int]] = []
 
@@ -412,23 +335,8 @@ def _worker(argv: Sequence[str]) -> int:
         packs.append([batch.sequence_length, batch.num_samples])
         return batch
 
-    def recording_run_fit(config: Any, **kwargs: Any) -> Any:
-        code, result = run_fit(config, **kwargs)
-        rank = int(os.environ["RANK"])
-        state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-        torch.save(state, out / f"weights_rank{rank}.pt")
-        record = {
-            "rank": rank,
-            "losses": result.losses,
-            "final_step": result.final_step,
-            "packs": packs,
-        }
-        (out / f"result_rank{rank}.json").write_text(json.dumps(record))
-        return code, result
-
     BagelAdapter.collate = recording_collate  # type: ignore[method-assign]
-    cli.run_fit = recording_run_fit  # the CLI looks it up at call time
-    return cli.main(list(argv[1:]))
+    return family_fit.run_cli_recording(argv, extra=lambda: {"packs": packs})
 
 
 if __name__ == "__main__":

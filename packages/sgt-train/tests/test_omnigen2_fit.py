@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,19 +24,18 @@ import numpy as np
 import pytest
 import torch
 
+import family_fit
 from sgt_data import Sample
-from sgt_models import GenerationSettings, LossWeights
+from sgt_models import GenerationSettings
 from sgt_models.omnigen2.testing import write_tiny_omnigen2_folder
 from sgt_models.registry import load_adapter
 from sgt_models.testing import contract_samples
 from sgt_train.config import RunConfig, load_run_config
 from sgt_train.demo.stores import DemoStores, build_stores
 from sgt_train.export import export_run
-from sgt_train.launch import free_port
-from sgt_train.loop import Hooks, StepMetrics, fit
+from sgt_train.loop import fit
 from sgt_train.recipes import recipe_path
 
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: the MLLM sees the tiny folder's 56 x 56 inputs; the DiT draws 64 x 64 maps (8 x 8 latents)
 _PIXELS = 64 * 64
 
@@ -106,41 +102,8 @@ def _config(out: Path, tiny: Path, stores: DemoStores, **kwargs: Any) -> RunConf
     return load_run_config(recipe_path("omnigen2-sgt"), _overrides(out, tiny, stores, **kwargs))
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update({"DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    return env
-
-
-def _rows(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-# -- two processes under sgt-train fit -----------------------------------------------------------
-
-
-def _torchrun_fit(out: Path, overrides: Sequence[str], timeout: float = 300) -> None:
-    out.mkdir(parents=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        __file__,
-        str(out),
-        "fit",
-        "omnigen2-sgt",
-        *[a for o in overrides for a in ("--set", o)],
-    ]
-    proc = subprocess.run(
-        command, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def _torchrun_fit(out: Path, overrides: Sequence[str]) -> None:
+    family_fit.torchrun_fit(__file__, out, "omnigen2-sgt", overrides)
 
 
 def test_recipe_trains_in_two_processes_under_zero2_and_zero3(
@@ -162,7 +125,7 @@ def test_recipe_trains_in_two_processes_under_zero2_and_zero3(
             assert torch.equal(value, weights[1][name]), (stage, name)
 
         run = out / "omnigen2-sgt"
-        rows = _rows(run)
+        rows = family_fit.rows(run)
         assert [r["step"] for r in rows] == [1, 2, 3]
         assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows), rows
         for row in rows:  # each step: 2 ranks x 3 micro-batches x 2 samples, both tasks
@@ -183,14 +146,6 @@ def test_recipe_trains_in_two_processes_under_zero2_and_zero3(
 # -- SIGTERM and resume ----------------------------------------------------------------------------
 
 
-def _sigterm_at(step: int) -> Hooks:
-    def on_step(metrics: StepMetrics) -> None:
-        if metrics.step == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return Hooks(on_step=[on_step])
-
-
 _WITHIN_BATCH = ("data.mode=within_batch", "data.pattern=null", "gradient_accumulation=2")
 
 
@@ -209,7 +164,7 @@ def test_sigterm_and_resume_are_bit_identical(
         return _config(out, tiny, stores, stage=stage, steps=4, every=4, extra=mixing)
 
     full = fit(config(tmp_path / "full"))
-    first = fit(config(tmp_path / "split"), hooks=_sigterm_at(2))
+    first = fit(config(tmp_path / "split"), hooks=family_fit.sigterm_at(2))
     assert first.preempted
     assert first.last_checkpoint is not None
     assert first.last_checkpoint.name == "step_00000002"
@@ -224,7 +179,7 @@ def test_sigterm_and_resume_are_bit_identical(
     for name, value in full_state.items():
         assert value.numel() > 0, name
         assert torch.equal(value, resumed_state[name]), name
-    rows = _rows(resumed.run_dir)
+    rows = family_fit.rows(resumed.run_dir)
     assert [r["loss"] for r in rows] == full.losses
     if mixing:  # every micro-batch mixes both tasks
         assert all("segmentation/mse" in r and "understanding/ce" in r for r in rows), rows
@@ -239,37 +194,8 @@ def _fixed_samples() -> list[Sample]:
 
 
 def _outputs(model: Any) -> dict[str, Any]:
-    """Loss parts on a fixed batch with a fixed seed, greedy answers and a short generation."""
-    model.eval()
-    samples = _fixed_samples()
-    with torch.no_grad():
-        torch.manual_seed(11)
-        loss = model.loss(model.collate(samples), LossWeights())
-    image = samples[1].image
     settings = GenerationSettings(num_steps=3, height=64, width=64, seed=5)
-    return {
-        "total": loss.total.detach(),
-        "ce": loss.parts["ce"].detach(),
-        "mse": loss.parts["mse"].detach(),
-        "answer": model.answer([image], ["What is in the image?"], max_new_tokens=6),
-        "t2i": model.generate(["Draw a cat."], settings=settings)[0],
-        "seg": model.generate(
-            ["Segment instances with different colors."], [image], settings=settings
-        )[0],
-    }
-
-
-def _check(folder: Path) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "sgt_models.cli", "check", str(folder)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return family_fit.outputs(model, _fixed_samples(), settings)
 
 
 def _safetensors_keys(folder: Path) -> set[str]:
@@ -295,7 +221,7 @@ def test_zero3_run_exports_an_official_folder_with_the_trained_outputs(
     assert main(["export", str(result.run_dir), "--out", str(out), "--raw"]) == 0
     for component in ("mllm", "processor", "scheduler", "transformer", "vae"):
         assert (out / component).is_dir(), component
-    assert "OmniGen2" in _check(out)
+    assert "OmniGen2" in family_fit.check(out)
 
     loaded = load_adapter(out)
     for (name, a), b in zip(
@@ -339,7 +265,7 @@ def test_lora_run_exports_merged_weights_with_the_unmerged_outputs(
 
     out = export_run(result.run_dir, tmp_path / "export", ema=False)
     assert not any("lora" in k or "base_layer" in k for k in _safetensors_keys(out))
-    _check(out)
+    family_fit.check(out)
     loaded = load_adapter(out)
     assert not any(".lora_" in n for n, _ in loaded.named_parameters())
     adapter_config = json.loads((out / "sgt_adapter.json").read_text())
@@ -366,22 +292,7 @@ def test_lora_run_exports_merged_weights_with_the_unmerged_outputs(
 
 def _worker(argv: Sequence[str]) -> int:
     """``sgt-train`` with ``argv[1:]``; each rank writes its losses and final weights to ``argv[0]``."""
-    from sgt_train import cli
-
-    out = Path(argv[0])
-    run_fit = cli.run_fit
-
-    def recording_run_fit(config: Any, **kwargs: Any) -> Any:
-        code, result = run_fit(config, **kwargs)
-        rank = int(os.environ["RANK"])
-        state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-        torch.save(state, out / f"weights_rank{rank}.pt")
-        record = {"rank": rank, "losses": result.losses, "final_step": result.final_step}
-        (out / f"result_rank{rank}.json").write_text(json.dumps(record))
-        return code, result
-
-    cli.run_fit = recording_run_fit  # the CLI looks it up at call time
-    return cli.main(list(argv[1:]))
+    return family_fit.run_cli_recording(argv)
 
 
 if __name__ == "__main__":
