@@ -18,11 +18,11 @@ def _figures(output: str) -> dict[str, float]:
     return {key: float(value) for key, value in pairs}
 
 
-def test_omnigen2_gpu_check_smoke() -> None:
-    """The full-size OmniGen2 check's code path with the tiny configs, fp32, no CUDA."""
+def _smoke(script: str) -> tuple[str, dict[str, float]]:
+    """Run a GPU script with ``--smoke`` on the CPU; its stdout and RESULT figures."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "gpu_check_omnigen2.py"), "--smoke"],
+        [sys.executable, str(BENCH / script), "--smoke"],
         env=env,
         capture_output=True,
         text=True,
@@ -30,7 +30,12 @@ def test_omnigen2_gpu_check_smoke() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    figures = _figures(proc.stdout)
+    return proc.stdout, _figures(proc.stdout)
+
+
+def test_omnigen2_gpu_check_smoke() -> None:
+    """The full-size OmniGen2 check's code path with the tiny configs, fp32, no CUDA."""
+    stdout, figures = _smoke("gpu_check_omnigen2.py")
     expected = {
         "step_ms",
         "samples_per_s",
@@ -45,24 +50,14 @@ def test_omnigen2_gpu_check_smoke() -> None:
     assert set(figures) == expected, figures
     assert all(math.isfinite(v) and v > 0 for v in figures.values()), figures
     assert 0 < figures["fraction_of_peak"] < 10, figures  # a ratio, not a unit slip
-    assert "segmentation samples" in proc.stdout
-    assert "generation loss into the MLLM" in proc.stdout
+    assert "segmentation samples" in stdout
+    assert "generation loss into the MLLM" in stdout
 
 
 def test_bagel_gpu_check_smoke() -> None:
     """The full-size BAGEL check's code path (meta build, bf16 materialisation, packed collate,
     forward+backward with gradient checkpointing, FLOP count) with the tiny configs, no CUDA."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "gpu_check_bagel.py"), "--smoke"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    figures = _figures(proc.stdout)
+    stdout, figures = _smoke("gpu_check_bagel.py")
     expected = {
         "tokens",
         "step_s",
@@ -78,5 +73,5 @@ def test_bagel_gpu_check_smoke() -> None:
     assert all(math.isfinite(v) and v > 0 for v in figures.values()), figures
     assert 0 < figures["fraction_of_peak"] < 10, figures  # a ratio, not a unit slip
     assert figures["tokens"] >= 256  # the smoke run's pack budget
-    assert "seg, " in proc.stdout  # the pack mixes both kinds
-    assert "VQA)" in proc.stdout
+    assert "seg, " in stdout  # the pack mixes both kinds
+    assert "VQA)" in stdout
