@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from sgt_models.bagel.configuration import (
     architecture_from_dicts,
     diffusers_to_flux_key,
     is_attention_projection,
+    read_json_object,
     vae_shape_from_header,
 )
 from sgt_models.check import (
@@ -83,18 +83,6 @@ def recognise(path: Path) -> bool:
     )
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(raw, dict):
-        raise CheckError(f"{path}: expected a JSON object")
-    return raw
-
-
 def _tokenizer_problems(path: Path, vocab_size: int) -> list[str]:
     from sgt_models.bagel.processor import prepare_tokenizer
 
@@ -123,7 +111,8 @@ def inspect(path: Path) -> CheckReport:
         raise CheckError(str(exc)) from None
     layout = "sgt" if saved is not None else "official"
     config = saved if saved is not None else BagelAdapterConfig(model_path=str(path))
-    llm, vit = _json(path / LLM_CONFIG_FILE), _json(path / VIT_CONFIG_FILE)
+    llm = read_json_object(path / LLM_CONFIG_FILE, CheckError)
+    vit = read_json_object(path / VIT_CONFIG_FILE, CheckError)
     weights = path / (EMA_FILE if config.finetune_from_ema else MODEL_FILE)
     found = read_safetensors_header(weights)
     if (

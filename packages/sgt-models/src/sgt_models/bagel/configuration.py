@@ -225,15 +225,16 @@ class BagelArchitecture:
         return config
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, error: type[ValueError] = BagelCheckpointError) -> dict[str, Any]:
+    """A JSON object from a file; ``error`` naming the file when it is missing or not one."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BagelCheckpointError(f"{path} is missing") from None
+        raise error(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BagelCheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+        raise error(f"{path}: not a readable JSON file ({exc})") from None
     if not isinstance(raw, dict):
-        raise BagelCheckpointError(f"{path}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object")
     return raw
 
 
@@ -298,8 +299,8 @@ def architecture_from_dicts(
 def read_architecture(folder: str | Path, *, max_latent_size: int) -> BagelArchitecture:
     """The architecture of a BAGEL folder: its two JSON configs and ``ae.safetensors``'s header."""
     folder = Path(folder)
-    llm = _read_json(folder / LLM_CONFIG_FILE)
-    vit = _read_json(folder / VIT_CONFIG_FILE)
+    llm = read_json_object(folder / LLM_CONFIG_FILE)
+    vit = read_json_object(folder / VIT_CONFIG_FILE)
     vae = vae_shape_from_header(folder / AE_FILE)
     return architecture_from_dicts(llm, vit, vae, max_latent_size=max_latent_size, where=folder)
 
