@@ -1,0 +1,324 @@
+"""Questions and prompts about scenes, with the answers the scene's ground truth implies.
+
+Two question sets come from one scene (both deterministic per scene seed, drawn from a generator
+of their own so that the images never depend on them):
+
+* :func:`scene_questions`, the training mix (LLaVA-style): POPE-style existence, counting, colour,
+  GenEval-rule relations and nearer/farther;
+* :func:`benchmark_questions`, the held-out benchmark set (see its docstring).
+
+:func:`scene_prompt` writes the GenEval-style text-to-image prompt of a scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from sgt_data._scene_model import (
+    _AFFINITY,
+    _CLASS_PRIOR,
+    SCENE_CLASSES,
+    Scene,
+    SceneConfig,
+    geneval_relations,
+)
+
+__all__ = [
+    "ScenePrompt",
+    "SceneQuestion",
+    "scene_prompt",
+    "scene_questions",
+]
+
+
+_PLURALS = {name: name + "s" for name in SCENE_CLASSES}
+_NUMBER_WORDS = {0: "zero", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+_SHORT_ANSWER = "Answer the question using a single word or phrase."
+_MCQ_ANSWER = "Answer with the option's letter from the given choices directly."
+#: GenEval relation -> English phrase used in questions.
+_RELATION_PHRASES = {
+    "left of": "to the left of",
+    "right of": "to the right of",
+    "above": "above",
+    "below": "below",
+}
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+@dataclass(frozen=True)
+class SceneQuestion:
+    """One question about a scene with the answer its content implies."""
+
+    question_type: Literal["existence", "counting", "color", "relation", "depth"]
+    question: str
+    answer: str
+    metadata: dict[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class ScenePrompt:
+    """A text-to-image prompt true of a scene, with GenEval metadata."""
+
+    tag: Literal["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    prompt: str
+    include: tuple[dict[str, Any], ...]
+    exclude: tuple[dict[str, Any], ...] = ()
+
+    def to_geneval(self) -> dict[str, Any]:
+        """The GenEval ``evaluation_metadata.jsonl`` record of this prompt."""
+        record: dict[str, Any] = {"tag": self.tag, "include": [dict(c) for c in self.include]}
+        if self.exclude:
+            record["exclude"] = [dict(c) for c in self.exclude]
+        record["prompt"] = self.prompt
+        return record
+
+
+def _references(scene: Scene) -> list[str | None]:
+    """How each shape can be named uniquely: its class, else colour + class, else not at all."""
+    class_counts: dict[str, int] = {}
+    pair_counts: dict[tuple[str, str], int] = {}
+    for obj in scene.objects:
+        class_counts[obj.class_name] = class_counts.get(obj.class_name, 0) + 1
+        key = (obj.color, obj.class_name)
+        pair_counts[key] = pair_counts.get(key, 0) + 1
+    refs: list[str | None] = []
+    for obj in scene.objects:
+        if class_counts[obj.class_name] == 1:
+            refs.append(obj.class_name)
+        elif pair_counts[(obj.color, obj.class_name)] == 1:
+            refs.append(f"{obj.color} {obj.class_name}")
+        else:
+            refs.append(None)
+    return refs
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _pope_negatives(present: set[int], rng: np.random.Generator) -> list[tuple[int, str]]:
+    """Absent classes chosen as POPE does: adversarial (co-occurring), popular, random."""
+    absent = [c for c in range(len(SCENE_CLASSES)) if c not in present]
+    chosen: list[tuple[int, str]] = []
+    if absent:
+        affinity = [sum(_AFFINITY[c, p] for p in present) for c in absent]
+        best = max(zip(affinity, _CLASS_PRIOR[absent], absent, strict=True))[2]
+        chosen.append((best, "adversarial"))
+        absent.remove(best)
+    if absent:
+        best = max(zip(_CLASS_PRIOR[absent], absent, strict=True))[1]
+        chosen.append((best, "popular"))
+        absent.remove(best)
+    if absent:
+        chosen.append((absent[int(rng.integers(len(absent)))], "random"))
+    return chosen
+
+
+def scene_questions(scene: Scene, config: SceneConfig | None = None) -> list[SceneQuestion]:
+    """Questions about a scene with the answers its content implies (deterministic per seed)."""
+    cfg = config or SceneConfig()
+    rng = np.random.default_rng([scene.seed, 1])
+    objs = scene.objects
+    questions: list[SceneQuestion] = []
+    counts: dict[int, int] = {}
+    for obj in objs:
+        counts[obj.category_id - 1] = counts.get(obj.category_id - 1, 0) + 1
+
+    # existence, balanced as in POPE: as many absent classes (by strategy) as present ones
+    present = sorted(counts)
+    negatives = _pope_negatives(set(counts), rng)[: len(present)]
+    positives = [present[int(i)] for i in rng.permutation(len(present))[: len(negatives)]]
+    for cls in positives:
+        questions.append(_existence(cls, True, "positive"))
+    for cls, strategy in negatives:
+        questions.append(_existence(cls, False, strategy))
+
+    # counting: one present class, and sometimes an absent one
+    count_classes = [present[int(rng.integers(len(present)))]] if present else []
+    if negatives and rng.random() < 0.25:
+        count_classes.append(negatives[-1][0])
+    for cls in count_classes:
+        name = _PLURALS[SCENE_CLASSES[cls]]
+        questions.append(
+            SceneQuestion(
+                "counting",
+                f"How many {name} are in the image?\n{_SHORT_ANSWER}",
+                str(counts.get(cls, 0)),
+                {"class": SCENE_CLASSES[cls]},
+            )
+        )
+
+    # colour of classes that appear once
+    unique = [i for i, obj in enumerate(objs) if counts[obj.category_id - 1] == 1]
+    for i in [unique[int(k)] for k in rng.permutation(len(unique))[:2]]:
+        questions.append(
+            SceneQuestion(
+                "color",
+                f"What color is the {objs[i].class_name}?\n{_SHORT_ANSWER}",
+                objs[i].color,
+                {"class": objs[i].class_name},
+            )
+        )
+
+    refs = _references(scene)
+    named = [i for i, r in enumerate(refs) if r is not None]
+    pairs = [(a, b) for a in named for b in named if a != b]
+    order = rng.permutation(len(pairs))
+    questions += _relation_questions(scene, refs, [pairs[int(k)] for k in order], cfg, rng)
+    questions += _depth_questions(scene, refs, [pairs[int(k)] for k in order], cfg, rng)
+    return questions
+
+
+def _existence(cls: int, present: bool, strategy: str) -> SceneQuestion:
+    name = SCENE_CLASSES[cls]
+    return SceneQuestion(
+        "existence",
+        f"Is there {_article(name)} {name} in the image?\n{_SHORT_ANSWER}",
+        "Yes" if present else "No",
+        {"class": name, "pope_split": strategy},
+    )
+
+
+def _relation_questions(
+    scene: Scene,
+    refs: list[str | None],
+    pairs: list[tuple[int, int]],
+    cfg: SceneConfig,
+    rng: np.random.Generator,
+    limit: int = 2,
+) -> list[SceneQuestion]:
+    """Yes/no relation questions, asked only where GenEval's rule decides the axis."""
+    out: list[SceneQuestion] = []
+    for a, b in pairs:
+        if len(out) >= limit:
+            break
+        held = sorted(
+            geneval_relations(scene.objects[a].bbox, scene.objects[b].bbox, cfg.relation_margin)
+        )
+        if not held:
+            continue
+        relation = held[int(rng.integers(len(held)))]
+        truthful = bool(rng.random() < 0.5)
+        asked = relation if truthful else _OPPOSITE[relation]
+        out.append(
+            SceneQuestion(
+                "relation",
+                f"Is the {refs[a]} {_RELATION_PHRASES[asked]} the {refs[b]}?\n{_SHORT_ANSWER}",
+                "Yes" if truthful else "No",
+                {"relation": asked},
+            )
+        )
+    return out
+
+
+def _depth_questions(
+    scene: Scene,
+    refs: list[str | None],
+    pairs: list[tuple[int, int]],
+    cfg: SceneConfig,
+    rng: np.random.Generator,
+    limit: int = 2,
+) -> list[SceneQuestion]:
+    """CV-Bench style two-choice nearer/farther questions, only for depths beyond the margin."""
+    out: list[SceneQuestion] = []
+    for a, b in pairs:
+        if len(out) >= limit:
+            break
+        da, db = scene.objects[a].depth_m, scene.objects[b].depth_m
+        if abs(da - db) < cfg.depth_margin_m:
+            continue
+        closer = bool(rng.random() < 0.5)
+        word = "closer to" if closer else "farther from"
+        a_wins = (da < db) == closer
+        out.append(
+            SceneQuestion(
+                "depth",
+                f"Which object is {word} the camera, the {refs[a]} or the {refs[b]}?\n"
+                f"(A) {refs[a]}\n(B) {refs[b]}\n{_MCQ_ANSWER}",
+                "A" if a_wins else "B",
+                {"comparison": "closer" if closer else "farther"},
+            )
+        )
+    return out
+
+
+def scene_prompt(scene: Scene, config: SceneConfig | None = None) -> ScenePrompt | None:
+    """A GenEval-style text-to-image prompt true of the scene (tag drawn among those that apply)."""
+    cfg = config or SceneConfig()
+    rng = np.random.default_rng([scene.seed, 2])
+    objs = scene.objects
+    if not objs:
+        return None
+    counts: dict[str, int] = {}
+    for obj in objs:
+        counts[obj.class_name] = counts.get(obj.class_name, 0) + 1
+    classes = sorted(counts)
+    singles = [o for o in objs if counts[o.class_name] == 1]
+    options: list[ScenePrompt] = []
+
+    c = classes[int(rng.integers(len(classes)))]
+    options.append(
+        ScenePrompt("single_object", f"a photo of {_article(c)} {c}", ({"class": c, "count": 1},))
+    )
+    if len(classes) >= 2:
+        c1, c2 = (classes[int(i)] for i in rng.permutation(len(classes))[:2])
+        options.append(
+            ScenePrompt(
+                "two_object",
+                f"a photo of {_article(c1)} {c1} and {_article(c2)} {c2}",
+                ({"class": c1, "count": 1}, {"class": c2, "count": 1}),
+            )
+        )
+    multi = [k for k in classes if 2 <= counts[k] <= 4]
+    if multi:
+        k = multi[int(rng.integers(len(multi)))]
+        n = counts[k]
+        options.append(
+            ScenePrompt(
+                "counting",
+                f"a photo of {_NUMBER_WORDS[n]} {_PLURALS[k]}",
+                ({"class": k, "count": n},),
+                ({"class": k, "count": n + 1},),
+            )
+        )
+    if singles:
+        o = singles[int(rng.integers(len(singles)))]
+        options.append(
+            ScenePrompt(
+                "colors",
+                f"a photo of {_article(o.color)} {o.color} {o.class_name}",
+                ({"class": o.class_name, "count": 1, "color": o.color},),
+            )
+        )
+    if len(singles) >= 2:
+        i, j = (int(v) for v in rng.permutation(len(singles))[:2])
+        a, b = singles[i], singles[j]
+        held = sorted(geneval_relations(a.bbox, b.bbox, cfg.relation_margin))
+        if held:
+            rel = held[int(rng.integers(len(held)))]
+            options.append(
+                ScenePrompt(
+                    "position",
+                    f"a photo of {_article(a.class_name)} {a.class_name} {rel} "
+                    f"{_article(b.class_name)} {b.class_name}",
+                    (
+                        {"class": b.class_name, "count": 1},
+                        {"class": a.class_name, "count": 1, "position": [rel, 0]},
+                    ),
+                )
+            )
+        options.append(
+            ScenePrompt(
+                "color_attr",
+                f"a photo of {_article(a.color)} {a.color} {a.class_name} and "
+                f"{_article(b.color)} {b.color} {b.class_name}",
+                (
+                    {"class": a.class_name, "count": 1, "color": a.color},
+                    {"class": b.class_name, "count": 1, "color": b.color},
+                ),
+            )
+        )
+    return options[int(rng.integers(len(options)))]
