@@ -209,7 +209,7 @@ def test_every_vqa_answer_follows_from_the_decoded_scene(
     t = truth[split]
     records = _read_jsonl((world.train if split == "train" else world.eval).vqa)
     seen: Counter[str] = Counter()
-    existence: dict[int, Counter[str]] = {}
+    existence: dict[tuple[int, str], Counter[str]] = {}
     for rec in records:
         assert set(rec) >= {"id", "image", "conversations"}
         human, gpt = rec["conversations"]
@@ -220,10 +220,33 @@ def test_every_vqa_answer_follows_from_the_decoded_scene(
         image_id = t.file_to_id[rec["image"]]
         objs = t.objects[image_id]
         classes = Counter(o["class"] for o in objs)
+        colors = Counter(o["color"] for o in objs)  # decoded from the pixels under each mask
+
+        def count(noun: str, classes: Counter[str] = classes, colors: Counter[str] = colors) -> int:
+            """The count a noun of a reasoning question names: 'circles' or 'red shapes'."""
+            if noun.endswith(" shapes"):
+                assert noun.removesuffix(" shapes") in _NAMES, noun
+                return colors[noun.removesuffix(" shapes")]
+            assert noun[:-1] in SCENE_CLASSES, noun
+            assert noun.endswith("s"), noun
+            return classes[noun[:-1]]
+
         if m := re.match(r"Is there an? (\w+) in the image\?", question):
             seen["existence"] += 1
             assert answer == ("Yes" if classes[m[1]] else "No"), rec["id"]
-            existence.setdefault(image_id, Counter())[answer] += 1
+            split_key = (image_id, str(rec["metadata"]["pope_split"]))
+            existence.setdefault(split_key, Counter())[answer] += 1
+        elif m := re.match(r"How many (.+?) and (.+?) are there in total\?", question):
+            seen["count_sum"] += 1
+            assert answer == str(count(m[1]) + count(m[2])), rec["id"]
+            assert count(m[1]) + count(m[2]) > 0, rec["id"]
+        elif m := re.match(r"Are there more (.+?) than (.+?)\?", question):
+            seen["count_compare"] += 1
+            assert count(m[1]) != count(m[2]), rec["id"]
+            assert answer == ("Yes" if count(m[1]) > count(m[2]) else "No"), rec["id"]
+        elif m := re.match(r"How many more (.+?) than (.+?) are there\?", question):
+            seen["count_difference"] += 1
+            assert int(answer) == count(m[1]) - count(m[2]) >= 1, rec["id"]
         elif m := re.match(r"How many (\w+)s are in the image\?", question):
             seen["counting"] += 1
             assert answer == str(classes[m[1]]), rec["id"]
@@ -257,9 +280,18 @@ def test_every_vqa_answer_follows_from_the_decoded_scene(
         else:
             pytest.fail(f"unrecognised question {question!r} in {rec['id']}")
     assert all(seen[k] > 0 for k in ("existence", "counting", "color", "relation", "depth")), seen
-    # POPE balance: per image as many 'No' as 'Yes' existence questions
-    for image_id, answers in existence.items():
-        assert answers["Yes"] == answers["No"], image_id
+    reasoning = ("count_sum", "count_compare", "count_difference")
+    if split == "eval":  # the benchmark set: reasoning too, each POPE split balanced per image
+        assert all(seen[k] > 0 for k in reasoning), seen
+        for key, answers in existence.items():
+            assert answers["Yes"] == answers["No"] == 1, key
+    else:  # the training mix, as before: positives shared by the splits, balanced per image
+        assert not any(seen[k] for k in reasoning), seen
+        per_image: dict[int, Counter[str]] = {}
+        for (image_id, _split), answers in existence.items():
+            per_image.setdefault(image_id, Counter()).update(answers)
+        for image_id, answers in per_image.items():
+            assert answers["Yes"] == answers["No"], image_id
 
 
 def test_adversarial_negatives_co_occur_more_than_random_ones(

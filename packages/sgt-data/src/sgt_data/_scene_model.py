@@ -96,6 +96,9 @@ class SceneConfig(BaseModel):
     relation_margin: float = Field(default=0.1, ge=0)
     #: Nearer/farther is asked only about shapes whose depths differ by at least this much.
     depth_margin_m: float = Field(default=0.5, ge=0)
+    #: Also write the reasoning questions (count sums, comparisons, differences) into the train
+    #: split; the held-out split always has them (``sgt_data.scene_questions``).
+    train_reasoning: bool = False
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(default=95, ge=1, le=100)
 

@@ -21,14 +21,20 @@ from sgt_data._scene_model import (
     _AFFINITY,
     _CLASS_PRIOR,
     SCENE_CLASSES,
+    SCENE_COLORS,
     Scene,
     SceneConfig,
     geneval_relations,
 )
 
 __all__ = [
+    "PERCEPTION_TYPES",
+    "POPE_SPLITS",
+    "REASONING_TYPES",
     "ScenePrompt",
     "SceneQuestion",
+    "benchmark_questions",
+    "reasoning_questions",
     "scene_prompt",
     "scene_questions",
 ]
@@ -48,11 +54,36 @@ _RELATION_PHRASES = {
 _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
+QuestionType = Literal[
+    "existence",
+    "counting",
+    "color",
+    "relation",
+    "depth",
+    "count_sum",
+    "count_compare",
+    "count_difference",
+]
+#: Question types that read one property off the image (existence, counting, colour, position,
+#: depth order) ...
+PERCEPTION_TYPES: tuple[str, ...] = ("existence", "counting", "color", "relation", "depth")
+#: ... and those answerable only by combining several perceived counts (arithmetic, comparisons).
+REASONING_TYPES: tuple[str, ...] = ("count_sum", "count_compare", "count_difference")
+#: Per scene of the benchmark set: at most this many positives (and as many negatives) per POPE
+#: split, present classes counted, and object pairs asked about for position and for depth order
+#: (sized so that 240 held-out scenes give at least 400 items per benchmark: see the README).
+_POPE_PER_SPLIT = 1
+_COUNTED = 2
+_PAIRS = 2
+#: POPE's negative-sampling splits.
+POPE_SPLITS: tuple[str, ...] = ("adversarial", "popular", "random")
+
+
 @dataclass(frozen=True)
 class SceneQuestion:
     """One question about a scene with the answer its content implies."""
 
-    question_type: Literal["existence", "counting", "color", "relation", "depth"]
+    question_type: QuestionType
     question: str
     answer: str
     metadata: dict[str, str | int | float | bool]
@@ -243,6 +274,198 @@ def _depth_questions(
             )
         )
     return out
+
+
+# --------------------------------------------------------------------------- the benchmark set
+
+
+def benchmark_questions(scene: Scene, config: SceneConfig | None = None) -> list[SceneQuestion]:
+    """The held-out benchmark questions of a scene, in the training mix's formats.
+
+    Perception, every yes/no and two-choice type balanced within the scene:
+
+    * existence, per POPE split (``metadata["pope_split"]``: random, popular, adversarial): as in
+      POPE, each split asks about a present class ("Yes") and as many absent ones drawn by the
+      split's strategy ("No"), so every split is exactly 50/50 (one of each per scene that has
+      both; positives are drawn per split, so the splits may repeat one, as POPE's do);
+    * counting: up to 2 present classes, and one absent class (answer 0);
+    * colour: every shape whose class occurs once;
+    * position (GenEval's rule, type ``relation``): for up to 2 pairs with a decided relation, the
+      true relation ("Yes") and its opposite ("No");
+    * depth order: for up to 2 pairs whose depths differ by ``depth_margin_m``, "closer" and
+      "farther" with the same two options (one answer "A", the other "B").
+
+    Reasoning: :func:`reasoning_questions`.
+    """
+    cfg = config or SceneConfig()
+    rng = np.random.default_rng([scene.seed, 3])
+    objs = scene.objects
+    counts = _class_counts(scene)
+    present = sorted(counts)
+    absent = [c for c in range(len(SCENE_CLASSES)) if c not in counts]
+    questions: list[SceneQuestion] = []
+
+    k = min(len(present), len(absent), _POPE_PER_SPLIT)
+    if k:
+        affinity = {c: sum(_AFFINITY[c, p] for p in present) for c in absent}
+        ranked = {
+            "adversarial": sorted(absent, key=lambda c: (-affinity[c], -_CLASS_PRIOR[c], c)),
+            "popular": sorted(absent, key=lambda c: (-_CLASS_PRIOR[c], c)),
+            "random": [absent[int(i)] for i in rng.permutation(len(absent))],
+        }
+        for split in POPE_SPLITS:
+            for cls in (present[int(i)] for i in rng.permutation(len(present))[:k]):
+                questions.append(_existence(cls, True, split))
+            for cls in ranked[split][:k]:
+                questions.append(_existence(cls, False, split))
+
+    count_classes = [present[int(i)] for i in rng.permutation(len(present))[:_COUNTED]]
+    count_classes += [absent[int(rng.integers(len(absent)))]] if absent else []
+    for cls in count_classes:
+        questions.append(_counting(cls, counts.get(cls, 0)))
+
+    for obj in objs:
+        if counts[obj.category_id - 1] == 1:
+            questions.append(
+                SceneQuestion(
+                    "color",
+                    f"What color is the {obj.class_name}?\n{_SHORT_ANSWER}",
+                    obj.color,
+                    {"class": obj.class_name},
+                )
+            )
+
+    refs = _references(scene)
+    named = [i for i, r in enumerate(refs) if r is not None]
+    pairs = [(a, b) for n, a in enumerate(named) for b in named[n + 1 :]]
+    pairs = [pairs[int(i)] for i in rng.permutation(len(pairs))]
+    pairs = [(a, b) if rng.random() < 0.5 else (b, a) for a, b in pairs]
+    asked = 0
+    for a, b in pairs:
+        held = sorted(geneval_relations(objs[a].bbox, objs[b].bbox, cfg.relation_margin))
+        if asked == _PAIRS or not held:
+            continue
+        relation = held[int(rng.integers(len(held)))]
+        for phrase, answer in ((relation, "Yes"), (_OPPOSITE[relation], "No")):
+            questions.append(
+                SceneQuestion(
+                    "relation",
+                    f"Is the {refs[a]} {_RELATION_PHRASES[phrase]} the {refs[b]}?\n{_SHORT_ANSWER}",
+                    answer,
+                    {"relation": phrase},
+                )
+            )
+        asked += 1
+    asked = 0
+    for a, b in pairs:
+        da, db = objs[a].depth_m, objs[b].depth_m
+        if asked == _PAIRS or abs(da - db) < cfg.depth_margin_m:
+            continue
+        for closer in (True, False):
+            word = "closer to" if closer else "farther from"
+            questions.append(
+                SceneQuestion(
+                    "depth",
+                    f"Which object is {word} the camera, the {refs[a]} or the {refs[b]}?\n"
+                    f"(A) {refs[a]}\n(B) {refs[b]}\n{_MCQ_ANSWER}",
+                    "A" if (da < db) == closer else "B",
+                    {"comparison": "closer" if closer else "farther"},
+                )
+            )
+        asked += 1
+    return questions + reasoning_questions(scene)
+
+
+def reasoning_questions(scene: Scene, per_type: int = 2) -> list[SceneQuestion]:
+    """Questions answerable only by combining perceived counts (deterministic per seed).
+
+    Over pairs of attributes of one kind (two classes, or two colours as "red shapes"):
+
+    * ``count_sum``: "How many circles and squares are there in total?" (the sum of both counts;
+      pairs with at least one present attribute);
+    * ``count_compare``: "Are there more red shapes than blue shapes?" asked both ways round about
+      pairs whose counts differ ("Yes" one way, "No" the other: balanced);
+    * ``count_difference``: "How many more stars than triangles are there?" about pairs with the
+      first count larger (the difference, at least 1).
+
+    Pairs where both attributes are present come first (for sums only the first pair, then pairs
+    in a second random order, and for differences the largest differences first, so that no
+    single answer dominates; the majority baseline is reported with the scores).
+    At most ``per_type`` questions per type (a compare pair gives two, so ``ceil(per_type / 2)``
+    pairs are compared).
+    """
+    rng = np.random.default_rng([scene.seed, 4])
+    by_class = dict.fromkeys(SCENE_CLASSES, 0)
+    by_color = dict.fromkeys(SCENE_COLORS, 0)
+    for obj in scene.objects:
+        by_class[obj.class_name] += 1
+        by_color[obj.color] += 1
+    nouns: list[tuple[str, str, int]] = [("class", _PLURALS[c], n) for c, n in by_class.items()]
+    nouns += [("color", f"{c} shapes", n) for c, n in by_color.items()]
+    pairs = [
+        (x, y)
+        for i, x in enumerate(nouns)
+        for y in nouns[i + 1 :]
+        if x[0] == y[0] and (x[2] or y[2])
+    ]
+    pairs = [pairs[int(i)] for i in rng.permutation(len(pairs))]
+    pairs = [(x, y) if rng.random() < 0.5 else (y, x) for x, y in pairs]
+    pairs.sort(key=lambda xy: not (xy[0][2] and xy[1][2]))  # stable: both present first
+    out: list[SceneQuestion] = []
+    # sums: the first pair (both present where possible), then pairs in drawn order, so that
+    # sums of one count and of two counts mix (always two ones would make "2" the answer)
+    drawn = [pairs[int(i)] for i in rng.permutation(len(pairs))]
+    sums = pairs[:1] + [xy for xy in drawn if xy != pairs[0]] if pairs else []
+    for x, y in sums[:per_type]:
+        out.append(
+            SceneQuestion(
+                "count_sum",
+                f"How many {x[1]} and {y[1]} are there in total?\n{_SHORT_ANSWER}",
+                str(x[2] + y[2]),
+                {"attribute": x[0], "first": x[1], "second": y[1]},
+            )
+        )
+    differing = [(x, y) for x, y in pairs if x[2] != y[2]]
+    for x, y in differing[: (per_type + 1) // 2]:
+        for first, second in ((x, y), (y, x)):
+            out.append(
+                SceneQuestion(
+                    "count_compare",
+                    f"Are there more {first[1]} than {second[1]}?\n{_SHORT_ANSWER}",
+                    "Yes" if first[2] > second[2] else "No",
+                    {"attribute": x[0], "first": first[1], "second": second[1]},
+                )
+            )
+    # the largest differences first: most differing pairs differ by one, which would otherwise
+    # make "1" the answer to nearly every difference question
+    by_gap = sorted(differing, key=lambda xy: -abs(xy[0][2] - xy[1][2]))
+    for x, y in by_gap[:per_type]:
+        big, small = (x, y) if x[2] > y[2] else (y, x)
+        out.append(
+            SceneQuestion(
+                "count_difference",
+                f"How many more {big[1]} than {small[1]} are there?\n{_SHORT_ANSWER}",
+                str(big[2] - small[2]),
+                {"attribute": x[0], "first": big[1], "second": small[1]},
+            )
+        )
+    return out
+
+
+def _class_counts(scene: Scene) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for obj in scene.objects:
+        counts[obj.category_id - 1] = counts.get(obj.category_id - 1, 0) + 1
+    return counts
+
+
+def _counting(cls: int, count: int) -> SceneQuestion:
+    return SceneQuestion(
+        "counting",
+        f"How many {_PLURALS[SCENE_CLASSES[cls]]} are in the image?\n{_SHORT_ANSWER}",
+        str(count),
+        {"class": SCENE_CLASSES[cls]},
+    )
 
 
 def scene_prompt(scene: Scene, config: SceneConfig | None = None) -> ScenePrompt | None:

@@ -12,8 +12,9 @@ occlude farther ones. From one scene come:
 * a COCO-Stuff style semantic map (8-bit PNG: ``category_id - 1`` on shapes, 255 = unlabeled),
 * a depth map (16-bit PNG, depth in millimetres; shapes are fronto-parallel cards at one depth, the
   background a plane receding from 10 m at the bottom row to 14 m at the top row),
-* questions whose answers follow from the scene (LLaVA-style JSONL), and a text-to-image prompt
-  with GenEval metadata.
+* questions whose answers follow from the scene (LLaVA-style JSONL): the training mix on the train
+  split, the balanced perception and reasoning benchmark set on the held-out split
+  (:mod:`sgt_data.scene_questions`), and a text-to-image prompt with GenEval metadata.
 
 Visible-area rule: a shape is kept only if its visible area after occlusion is at least
 ``min_visible_area`` of the image *and* at least ``min_visible_ratio`` of its own unoccluded area;
@@ -47,7 +48,14 @@ from sgt_data._scene_model import (
     shape_outline,
 )
 from sgt_data.errors import SgtDataError
-from sgt_data.scene_questions import ScenePrompt, SceneQuestion, scene_prompt, scene_questions
+from sgt_data.scene_questions import (
+    ScenePrompt,
+    SceneQuestion,
+    benchmark_questions,
+    reasoning_questions,
+    scene_prompt,
+    scene_questions,
+)
 
 __all__ = [
     "SCENE_CLASSES",
@@ -60,9 +68,11 @@ __all__ = [
     "SceneQuestion",
     "WorldPaths",
     "WorldSplitPaths",
+    "benchmark_questions",
     "coco_annotations",
     "generate_scene",
     "geneval_relations",
+    "reasoning_questions",
     "scene_prompt",
     "scene_questions",
     "semantic_map",
@@ -159,7 +169,12 @@ def _write_split(
                 }
             )
             coco_anns += coco_annotations(scene, image_id, len(coco_anns) + 1)
-            for q, question in enumerate(scene_questions(scene, cfg)):
+            if split == "eval":
+                questions = benchmark_questions(scene, cfg)
+            else:
+                questions = scene_questions(scene, cfg)
+                questions += reasoning_questions(scene) if cfg.train_reasoning else []
+            for q, question in enumerate(questions):
                 record = {
                     "id": f"{stem}-q{q:02d}",
                     "image": image_rel,
