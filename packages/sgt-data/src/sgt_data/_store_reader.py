@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sgt_data._frames import _decode_frame
+from sgt_data._shard_reader import ByteSource, DirectArray, LocalSource, ZarrArray, open_array
 from sgt_data._store_layout import (
     _READABLE_LAYOUTS,
     JOURNAL_FILE,
@@ -21,7 +22,6 @@ from sgt_data._store_layout import (
     TASK_BITS,
     FieldSpec,
     SampleRecord,
-    _zarr,
 )
 from sgt_data.errors import SgtDataError, StoreError
 from sgt_data.schema import StoreManifest, TaskKind, Turn
@@ -34,12 +34,25 @@ _META_RECORDS: Final = 32
 class SampleStore:
     """Read-only access to a finished store (implements ``sgt_data.datasets.StoreReader``).
 
-    Zarr arrays are opened lazily and re-opened after a fork, so one instance can be shared with
-    forked DataLoader workers.
+    The arrays are read straight from their shard files (or objects, for a store under a URL),
+    zarr only for an encoding the store writer does not write (see ``sgt_data._shard_reader``).
+    They are opened lazily and re-opened after a fork, so one instance can be shared with forked
+    DataLoader workers.
     """
 
-    def __init__(self, path: Path, manifest: StoreManifest, layout: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        manifest: StoreManifest,
+        layout: Mapping[str, Any],
+        source: ByteSource | None = None,
+        *,
+        direct: bool = True,
+    ) -> None:
+        #: the store's directory, or its URL (a ``str``) for a store on object storage
         self.path = path
+        self._source: ByteSource = source if source is not None else LocalSource(Path(path))
+        self._direct = direct
         self._manifest = manifest
         self._fields = [FieldSpec(**f) for f in layout["fields"]]
         self._field = {f.path: f for f in self._fields}
@@ -47,14 +60,20 @@ class SampleStore:
         self._digest: str | None = layout.get("digest")
         self._col = {c: i for i, c in enumerate(self._columns)}
         self._pid = -1
-        self._arrays: dict[str, Any] = {}
+        self._arrays: dict[str, DirectArray | ZarrArray] = {}
         # per-process caches (dropped after a fork with the zarr handles): decoded chunk-aligned
         # blocks of the meta array (records are small; one zarr read serves a chunk's worth of
         # neighbours) and the last parsed records (a training sample reads its record 2-3 times)
         self._meta_blocks: dict[int, NDArray[np.uint8]] = {}
         self._meta_records: dict[int, dict[str, Any]] = {}
-        index = _zarr().open_array(str(path / "index"), mode="r")
-        self._index: NDArray[np.int64] = np.asarray(index[:], dtype=np.int64)
+        try:
+            index = open_array(self._source, "index", direct=direct)
+            rows = index.read(0, index.shape[0])
+        except (OSError, ValueError, RuntimeError, StoreError) as exc:
+            raise StoreError(
+                f"{self._source.where('index')}: the index cannot be read: {exc}"
+            ) from exc
+        self._index: NDArray[np.int64] = np.asarray(rows, dtype=np.int64)
         if len(self._index) != manifest.num_samples:
             raise StoreError(
                 f"{path}: index holds {len(self._index)} samples, manifest says {manifest.num_samples}"
@@ -63,14 +82,37 @@ class SampleStore:
         self._specs = {r.name: r for r in manifest.renderers}
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SampleStore:
-        """Open a finished store read-only."""
-        root = Path(path)
-        mpath = root / MANIFEST_FILE
-        if not mpath.exists():
-            journal = root / JOURNAL_FILE
-            if journal.exists():
-                j = json.loads(journal.read_text(encoding="utf-8"))
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        direct: bool = True,
+    ) -> SampleStore:
+        """Open a finished store read-only: a directory, or a URL (``s3://bucket/prefix``;
+        ``storage_options``: fsspec's options for its filesystem). ``direct=False`` reads
+        every array through zarr (the reference the direct reads are tested against)."""
+        from sgt_data.remote import RemoteSource, is_url
+
+        root: Path | str
+        source: ByteSource
+        if is_url(path):
+            root = str(path).rstrip("/")
+            source = RemoteSource(root, storage_options)
+        else:
+            root = Path(path)
+            source = LocalSource(root)
+        try:
+            return cls._open(root, source, direct)
+        except OSError as exc:  # object storage unreachable, an object unreadable
+            raise StoreError(f"{root}: cannot be read: {exc}") from exc
+
+    @classmethod
+    def _open(cls, root: Path | str, source: ByteSource, direct: bool) -> SampleStore:
+        mpath = source.where(MANIFEST_FILE)
+        if not source.exists(MANIFEST_FILE):
+            if source.exists(JOURNAL_FILE):
+                j = json.loads(source.read_bytes(JOURNAL_FILE).decode("utf-8"))
                 done = int(j.get("samples", 0))
                 hint = (
                     "re-run the same conversion to resume it"
@@ -82,11 +124,11 @@ class SampleStore:
                 )
             raise StoreError(f"{root}: not a sample store (no {MANIFEST_FILE})")
         try:
-            manifest = StoreManifest.model_validate_json(mpath.read_text(encoding="utf-8"))
+            manifest = StoreManifest.model_validate_json(source.read_bytes(MANIFEST_FILE))
         except ValueError as exc:
             raise StoreError(f"{mpath}: invalid manifest: {exc}") from exc
         try:
-            group_meta = json.loads((root / "zarr.json").read_text(encoding="utf-8"))
+            group_meta = json.loads(source.read_bytes("zarr.json").decode("utf-8"))
             layout = group_meta["attributes"]["sgt"]
         except (OSError, KeyError, ValueError) as exc:
             raise StoreError(f"{root}: zarr.json lacks the sgt layout attributes: {exc}") from exc
@@ -95,7 +137,7 @@ class SampleStore:
                 f"{root}: layout version {layout.get('layout_version')}; this sgt-data reads "
                 f"{', '.join(map(str, _READABLE_LAYOUTS))}"
             )
-        return cls(root, manifest, layout)
+        return cls(root, manifest, layout, source, direct=direct)
 
     # -- protocol -------------------------------------------------------------------------
     @property
@@ -117,7 +159,7 @@ class SampleStore:
             raise IndexError(f"{self.path}: sample index {index} out of range 0..{len(self) - 1}")
         return i
 
-    def _array(self, path: str) -> Any:
+    def _array(self, path: str) -> DirectArray | ZarrArray:
         pid = os.getpid()
         if pid != self._pid:  # first use in this process (or after a fork): open afresh
             self._arrays = {}
@@ -126,7 +168,7 @@ class SampleStore:
             self._pid = pid
         arr = self._arrays.get(path)
         if arr is None:
-            arr = _zarr().open_array(str(self.path / path), mode="r")
+            arr = open_array(self._source, path, direct=self._direct)
             self._arrays[path] = arr
         return arr
 
@@ -141,8 +183,8 @@ class SampleStore:
     def _read_slice(self, path: str, off: int, n: int, index: int) -> NDArray[Any]:
         """``path[off:off+n]``; a damaged chunk raises ``StoreError`` naming array and sample."""
         try:
-            return np.asarray(self._array(path)[off : off + n])
-        except (ValueError, OSError, RuntimeError) as exc:
+            return self._array(path).read(off, off + n, required=True)
+        except (ValueError, OSError, RuntimeError, StoreError) as exc:
             sample = f"sample {index}"
             if path != "meta":
                 with contextlib.suppress(SgtDataError, ValueError, OSError, RuntimeError):

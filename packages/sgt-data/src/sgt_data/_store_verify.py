@@ -4,33 +4,35 @@ from __future__ import annotations
 
 import os
 import zlib
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from sgt_data._frames import _decode_frame
+from sgt_data._shard_reader import open_array
 from sgt_data._store_digest import _array_digest, _field_digests
-from sgt_data._store_layout import TASK_BITS, _zarr
+from sgt_data._store_layout import TASK_BITS
 from sgt_data._store_reader import SampleStore
 from sgt_data.errors import StoreError
 from sgt_data.schema import TaskKind
 
 
-def verify_store(path: str | os.PathLike[str]) -> list[str]:
-    """Check a store against its manifest; returns the problems found (empty when it is sound)."""
-    root = Path(path)
+def verify_store(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Check a store (a directory or a URL) against its manifest; returns the problems found
+    (empty when it is sound)."""
     try:
-        store = SampleStore.open(root)
+        store = SampleStore.open(path, storage_options=storage_options)
     except StoreError as exc:
         return [str(exc)]
     problems: list[str] = []
     m = store.manifest
-    zarr = _zarr()
     arrays: dict[str, Any] = {}
     for name in ["index", *[f.path for f in store.fields]]:
         try:
-            arrays[name] = zarr.open_array(str(root / name), mode="r")
+            arrays[name] = open_array(store._source, name)
         except Exception as exc:  # a missing or unreadable array is a finding, not a crash
             problems.append(f"array {name!r}: cannot be opened: {exc}")
     for name, digest in sorted(m.arrays.items()):
