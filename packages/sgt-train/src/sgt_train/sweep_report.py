@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "PAPER_COLUMNS",
     "SWEEP_REPORT_SCHEMA_VERSION",
     "ArmMetricSummary",
     "PairedComparison",
@@ -26,10 +27,28 @@ __all__ = [
     "plot_sweep",
     "student_t_cdf",
     "student_t_quantile",
+    "table_columns",
 ]
 
 SWEEP_REPORT_SCHEMA_VERSION: Literal[1] = 1
 _CONFIDENCE = 0.95
+
+#: The columns of the paper's ablation table, as metric keys of the demo's EvalReports: the
+#: perception and reasoning aggregates (``sgt_train.demo.evaluation``), GenEval's position
+#: accuracy and the segmentation proxy's mIoU. A table without columns of its own shows them first
+#: (those the runs measured), then every other headline metric.
+PAPER_COLUMNS: tuple[dict[str, str], ...] = (
+    {"label": "perception", "metric": "scene-perception/default/score"},
+    {"label": "reasoning", "metric": "scene-reasoning/default/score"},
+    {"label": "GenEval position", "metric": "geneval/scene/position"},
+    {"label": "seg mIoU", "metric": "sgt-proxy-segmentation/semantic/miou"},
+)
+#: A column naming ``perception`` or ``reasoning`` that no sweep aggregate defines reads the
+#: EvalReport's aggregate.
+_ALIASES = {
+    "perception": "scene-perception/default/score",
+    "reasoning": "scene-reasoning/default/score",
+}
 
 
 # -- the t distribution -----------------------------------------------------------------------
@@ -270,6 +289,23 @@ def summarize(
 # -- Markdown ---------------------------------------------------------------------------------
 
 
+def table_columns(report: SweepReport, table: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A table's columns: its own, else :data:`PAPER_COLUMNS` (those measured), then the headline
+    (or every metric); a column's metric is resolved through the aggregate aliases."""
+    columns: list[dict[str, str]] = [dict(c) for c in table.get("columns") or []]
+    if not columns:
+        columns = [dict(c) for c in PAPER_COLUMNS if c["metric"] in report.metrics]
+        taken = {c["metric"] for c in columns}
+        columns += [
+            {"label": m, "metric": m} for m in report.headline or report.metrics if m not in taken
+        ]
+    for c in columns:
+        alias = _ALIASES.get(c["metric"])
+        if c["metric"] not in report.metrics and alias in report.metrics:
+            c["metric"] = alias
+    return columns
+
+
 def _cell(s: ArmMetricSummary | None) -> str:
     if s is None:
         return "–"
@@ -302,9 +338,7 @@ def markdown_report(report: SweepReport) -> str:
         lines += ["", f"**Incomplete:** no report for {', '.join(report.missing)}."]
     tables = report.tables or [{"title": "All arms", "arms": report.arms, "columns": []}]
     for table in tables:
-        columns: list[dict[str, str]] = list(table.get("columns") or [])
-        if not columns:
-            columns = [{"label": m, "metric": m} for m in report.headline or report.metrics]
+        columns = table_columns(report, table)
         lines += ["", f"## {table['title']}", ""]
         lines.append("| arm | vs | " + " | ".join(c["label"] for c in columns) + " |")
         lines.append("| --- | --- |" + " --- |" * len(columns))
@@ -335,9 +369,7 @@ def plot_sweep(report: SweepReport, folder: Path) -> list[Path]:
     written: list[Path] = []
     tables = report.tables or [{"title": "all", "arms": report.arms, "columns": []}]
     for n, table in enumerate(tables):
-        columns: list[dict[str, str]] = list(table.get("columns") or [])
-        if not columns:
-            columns = [{"label": m, "metric": m} for m in report.headline or report.metrics]
+        columns = table_columns(report, table)
         xs: dict[str, float] = dict(table.get("x") or {})
         for k, col in enumerate(columns):
             rows = [(a, report.summary(a, col["metric"])) for a in table["arms"]]

@@ -1,8 +1,12 @@
 """Evaluation of the demo's models on the held-out scenes, through sgt-eval's scorers.
 
-- scene VQA as benchmarks: POPE-style existence (the official POPE rule, per negative-sampling
-  split), counting, colour, GenEval-rule relations (yes/no) and CV-Bench-style nearer/farther
-  (two choices, leading-letter rule);
+- scene VQA as benchmarks (the questions of ``sgt_data.scene_questions.benchmark_questions``):
+  perception = POPE-style existence (the official POPE rule, per negative-sampling split, each
+  split balanced 50/50), counting, colour, GenEval-rule position (yes/no, balanced) and
+  CV-Bench-style depth order (two choices, balanced, leading-letter rule); reasoning = sums,
+  comparisons and differences of counts of classes or colours; two aggregates, ``scene-perception``
+  and ``scene-reasoning``, the means of their benchmarks' accuracies; every accuracy-scored
+  benchmark also reports its majority baseline;
 - the held-out text-to-image prompts through the GenEval protocol with the scene detector;
 - segmentation mIoU / PQ of generated semantic maps, decoded by the renderer's inverse.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +45,13 @@ if TYPE_CHECKING:
     from sgt_models.protocol import UnifiedModelAdapter
 
 __all__ = [
+    "AGGREGATES",
+    "PERCEPTION_COMPONENTS",
+    "REASONING_COMPONENTS",
     "SEGMENTATION_INSTRUCTION",
     "SceneVqaError",
     "SegmentationSet",
+    "aggregate_results",
     "evaluate_model",
     "load_scene_prompts",
     "load_scene_vqa",
@@ -111,14 +120,52 @@ def load_scene_vqa(
     )
 
 
-def _accuracy(name: str, hits: Sequence[bool], protocol: str) -> BenchmarkResult:
+#: Benchmark -> (question type, scoring rule) of the accuracy-scored scene benchmarks.
+_RULES: dict[str, tuple[str, str]] = {
+    "scene-counting": ("counting", "exact count (first word, digits or number words)"),
+    "scene-color": ("color", "colour name = first word, case-insensitive"),
+    "scene-relation": ("relation", "POPE first-sentence yes/no rule; GenEval position rule"),
+    "scene-depth": ("depth", "CV-Bench leading-letter rule on two choices"),
+    "scene-count-sum": ("count_sum", "exact number (first word, digits or number words)"),
+    "scene-count-compare": ("count_compare", "POPE first-sentence yes/no rule"),
+    "scene-count-difference": ("count_difference", "exact number (first word, digits or words)"),
+}
+#: The components of the two aggregates, as (benchmark, split, metric): POPE enters by its mean
+#: accuracy over splits (chance 50 like the other balanced rows; F1 would reward always-"Yes").
+PERCEPTION_COMPONENTS: tuple[tuple[str, str, str], ...] = (
+    ("scene-pope", "overall", "accuracy_mean"),
+    ("scene-counting", "default", "accuracy"),
+    ("scene-color", "default", "accuracy"),
+    ("scene-relation", "default", "accuracy"),
+    ("scene-depth", "default", "accuracy"),
+)
+REASONING_COMPONENTS: tuple[tuple[str, str, str], ...] = (
+    ("scene-count-sum", "default", "accuracy"),
+    ("scene-count-compare", "default", "accuracy"),
+    ("scene-count-difference", "default", "accuracy"),
+)
+#: Aggregate benchmark name -> its components.
+AGGREGATES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "scene-perception": PERCEPTION_COMPONENTS,
+    "scene-reasoning": REASONING_COMPONENTS,
+}
+
+
+def _accuracy(
+    name: str, hits: Sequence[bool], answers: Sequence[str], protocol: str
+) -> BenchmarkResult:
+    """Accuracy, and the majority baseline: the accuracy of always giving the commonest answer."""
+    commonest = max(Counter(a.strip().lower() for a in answers).values())
     return BenchmarkResult(
         benchmark=name,
         kind="understanding",
-        metrics={"accuracy": 100.0 * sum(hits) / len(hits)},
+        metrics={
+            "accuracy": 100.0 * sum(hits) / len(hits),
+            "majority_baseline": 100.0 * commonest / len(answers),
+        },
         primary_metric="accuracy",
         num_items=len(hits),
-        protocol=protocol,
+        protocol=protocol + "; majority_baseline = share of the commonest gold answer",
     )
 
 
@@ -131,8 +178,74 @@ def _number(response: str) -> int | None:
     return _NUMBERS.get(words[0])
 
 
+def _hit(qtype: str, response: str, answer: str) -> bool:
+    if qtype in ("counting", "count_sum", "count_difference"):
+        return _number(response) == int(answer)
+    if qtype == "color":
+        return (response.strip().lower().split() or [""])[0].strip(".,") == answer.lower()
+    if qtype in ("relation", "count_compare"):
+        return pope_yes_no(response) == answer.strip().lower()
+    return leading_choice_letter(response) == answer.strip()
+
+
+def _pope_items(items: Sequence[VQAItem], existence: Sequence[int]) -> tuple[list[str], list[int]]:
+    """Each existence item's POPE split (an item may be in several) as parallel lists.
+
+    A benchmark-set item names its split. A world written before the balanced benchmark set
+    (``pope_split`` = ``positive`` on positives shared by the splits) still scores: a positive
+    joins every split that has a negative of its image.
+    """
+    splits: list[str] = []
+    index: list[int] = []
+    negatives: dict[str, set[object]] = {}
+    for i in existence:
+        split = str(items[i].fields["pope_split"])
+        if split != "positive":
+            splits.append(split)
+            index.append(i)
+            negatives.setdefault(split, set()).add(items[i].fields["image_id"])
+    for i in existence:
+        if items[i].fields["pope_split"] == "positive":
+            for split in sorted(negatives):
+                if items[i].fields["image_id"] in negatives[split]:
+                    splits.append(split)
+                    index.append(i)
+    return splits, index
+
+
+def aggregate_results(results: Sequence[BenchmarkResult]) -> list[BenchmarkResult]:
+    """``scene-perception`` and ``scene-reasoning``: the mean of their components present in
+    ``results`` (:data:`PERCEPTION_COMPONENTS`, :data:`REASONING_COMPONENTS`)."""
+    found = {(r.benchmark, r.split): r for r in results}
+    out = []
+    for name, components in AGGREGATES.items():
+        parts = [(found[(b, s)], m) for b, s, m in components if (b, s) in found]
+        if not parts:
+            continue
+        baselines = [
+            r.metrics.get("majority_baseline", 50.0 if r.benchmark == "scene-pope" else 0.0)
+            for r, _ in parts
+        ]
+        out.append(
+            BenchmarkResult(
+                benchmark=name,
+                kind="understanding",
+                metrics={
+                    "score": sum(r.metrics[m] for r, m in parts) / len(parts),
+                    "majority_baseline": sum(baselines) / len(baselines),
+                },
+                primary_metric="score",
+                num_items=sum(r.num_items for r, _ in parts),
+                protocol="mean of " + ", ".join(f"{r.benchmark}/{r.split}/{m}" for r, m in parts),
+                deviations=(_SCENE_DEVIATION,),
+            )
+        )
+    return out
+
+
 def score_scene_vqa(items: Sequence[VQAItem], responses: Sequence[str]) -> list[BenchmarkResult]:
-    """Scores per question type (see the module docstring); types without items are left out."""
+    """Scores per question type (see the module docstring), then the perception and reasoning
+    aggregates; types without items are left out."""
     by_type: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         by_type.setdefault(str(item.fields["question_type"]), []).append(i)
@@ -140,42 +253,17 @@ def score_scene_vqa(items: Sequence[VQAItem], responses: Sequence[str]) -> list[
 
     existence = by_type.get("existence", [])
     if existence:
-        # POPE's splits share the positives and differ in how negatives were drawn: a split is
-        # every negative of its strategy plus the positives of the same images.
-        splits, answers, preds = [], [], []
-        strategies = sorted({str(items[i].fields["pope_split"]) for i in existence} - {"positive"})
-        for strategy in strategies:
-            images = {
-                items[i].fields["image_id"]
-                for i in existence
-                if items[i].fields["pope_split"] == strategy
-            }
-            for i in existence:
-                split = items[i].fields["pope_split"]
-                if split == strategy or (
-                    split == "positive" and items[i].fields["image_id"] in images
-                ):
-                    splits.append(strategy)
-                    answers.append(items[i].answer)
-                    preds.append(responses[i])
-        for r in score_pope(splits, answers, preds):
+        splits, index = _pope_items(items, existence)
+        answers = [items[i].answer for i in index]
+        for r in score_pope(splits, answers, [responses[i] for i in index]):
             results.append(r.model_copy(update={"benchmark": "scene-pope"}))
 
-    for qtype, name, rule, hit in (
-        ("counting", "scene-counting", "exact count (first word, digits or number words)",
-         lambda r, a: _number(r) == int(a)),
-        ("color", "scene-color", "colour name = first word, case-insensitive",
-         lambda r, a: (r.strip().lower().split() or [""])[0].strip(".,") == a.lower()),
-        ("relation", "scene-relation", "POPE first-sentence yes/no rule; GenEval position rule",
-         lambda r, a: pope_yes_no(r) == a.strip().lower()),
-        ("depth", "scene-depth", "CV-Bench leading-letter rule on two choices",
-         lambda r, a: leading_choice_letter(r) == a.strip()),
-    ):  # fmt: skip
+    for name, (qtype, rule) in _RULES.items():
         idx = by_type.get(qtype, [])
         if idx:
-            hits = [bool(hit(responses[i], items[i].answer)) for i in idx]
-            results.append(_accuracy(name, hits, rule))
-    return results
+            hits = [_hit(qtype, responses[i], items[i].answer) for i in idx]
+            results.append(_accuracy(name, hits, [items[i].answer for i in idx], rule))
+    return results + aggregate_results(results)
 
 
 def load_scene_prompts(path: str | Path, max_prompts: int | None = None) -> list[GenEvalPrompt]:

@@ -21,80 +21,211 @@ if TYPE_CHECKING:
     from sgt_train.demo.evaluation import SegmentationSet
     from sgt_train.demo.pipeline import DemoSize
 
-__all__ = ["SummaryRow", "summary_rows", "write_report"]
+__all__ = [
+    "Difference",
+    "SummaryRow",
+    "binomial_half_width",
+    "difference_exceeds",
+    "notable_differences",
+    "summary_rows",
+    "write_report",
+]
 
 _MODELS = ("base", "control", "sgt")
 _TITLES = {"base": "base", "control": "control (VQA only)", "sgt": "SGT (seg : VQA = 2 : 1)"}
-#: Extra metrics shown besides each result's primary one.
-_EXTRA = {("scene-pope", "overall"): ("accuracy_mean",), ("geneval", "scene"): ("correct_images",)}
-_PROPORTIONS = {"accuracy", "correct_images"}
+#: Extra metrics shown besides each result's primary one (a POPE split: its accuracy).
+_EXTRA = {
+    ("scene-pope", "overall"): ("accuracy_mean", "yes_ratio_mean"),
+    ("geneval", "scene"): ("correct_images",),
+}
+#: Metrics that are proportions of a result's items (a binomial band applies).
+_PROPORTIONS = {"accuracy", "accuracy_mean", "correct_images", "yes_ratio", "yes_ratio_mean"}
+#: Normal quantile of a two-sided 95% interval.
+_Z95 = 1.959963984540054
+#: Model pairs compared in the summary: (later, earlier).
+_PAIRS = (("control", "base"), ("sgt", "base"), ("sgt", "control"))
+
+
+def binomial_half_width(value: float, num_items: int) -> float:
+    """Half-width in points of the 95% binomial interval of a proportion ``value`` (in %) of
+    ``num_items`` items: Agresti-Coull, ``z * sqrt(p~ (1 - p~) / n~)`` with ``n~ = n + z^2`` and
+    ``p~ = (x + z^2 / 2) / n~`` (``x = value / 100 * n``), so a score of 0 or 100 still has a band."""
+    if num_items <= 0:
+        raise ValueError(f"a proportion needs items, got {num_items}")
+    n_tilde = num_items + _Z95**2
+    p_tilde = (value / 100.0 * num_items + _Z95**2 / 2.0) / n_tilde
+    return 100.0 * _Z95 * math.sqrt(p_tilde * (1.0 - p_tilde) / n_tilde)
+
+
+def difference_exceeds(a: float, h_a: float, b: float, h_b: float) -> bool:
+    """Whether ``a - b`` exceeds the band of a difference: ``|a - b| > sqrt(h_a^2 + h_b^2)``."""
+    return abs(a - b) > math.hypot(h_a, h_b)
 
 
 class SummaryRow:
-    """One row of the summary table: a metric of a benchmark split for the three models."""
+    """One row of the summary table: a metric of a benchmark split for the three models, with
+    each model's 95% half-width (None where the metric is not a proportion of items)."""
 
     def __init__(
-        self, benchmark: str, split: str, metric: str, num_items: int, values: dict[str, float]
+        self,
+        benchmark: str,
+        split: str,
+        metric: str,
+        num_items: int,
+        values: dict[str, float],
+        half_widths: dict[str, float] | None = None,
+        baseline: float | None = None,
     ) -> None:
         self.benchmark = benchmark
         self.split = split
         self.metric = metric
         self.num_items = num_items
         self.values = values
+        self.half_widths = half_widths
+        #: accuracy of always giving the commonest gold answer (50 on a balanced yes/no row)
+        self.baseline = baseline
 
     @property
     def label(self) -> str:
         """``benchmark`` or ``benchmark (split)``."""
         return self.benchmark if self.split == "default" else f"{self.benchmark} ({self.split})"
 
-    def noise(self) -> float | None:
-        """Two standard errors of a difference between two models' proportions on these items."""
-        if self.metric not in _PROPORTIONS or self.num_items == 0:
+    def difference_band(self, a: str, b: str) -> float | None:
+        """Half-width of the band of ``values[a] - values[b]`` (None without bands)."""
+        if self.half_widths is None:
             return None
-        # pooled proportion, pulled off 0 and 1 (Laplace) so that a score of 0 % is not "exact"
-        hits = sum(self.values.values()) / len(self.values) / 100.0 * self.num_items
-        p = (hits + 1.0) / (self.num_items + 2.0)
-        return 200.0 * math.sqrt(2.0 * p * (1.0 - p) / self.num_items)
+        return math.hypot(self.half_widths[a], self.half_widths[b])
+
+
+class Difference:
+    """A difference between two models on one row that exceeds its band."""
+
+    def __init__(self, row: SummaryRow, model: str, against: str) -> None:
+        self.row = row
+        self.model = model
+        self.against = against
+        self.delta = row.values[model] - row.values[against]
+        band = row.difference_band(model, against)
+        if band is None:
+            raise ValueError(f"{row.label} {row.metric}: no noise band to compare against")
+        self.band = band
+
+    def __str__(self) -> str:
+        return (
+            f"{self.row.label} {self.row.metric}: {_TITLES[self.model]} − {_TITLES[self.against]}"
+            f" = {self.delta:+.2f} (band ±{self.band:.1f})"
+        )
+
+
+def _half_widths(
+    reports: Mapping[str, EvalReport], benchmark: str, split: str, metric: str
+) -> dict[str, float] | None:
+    """Per model the 95% half-width of a row: binomial for a proportion; for an aggregate (a mean
+    of k component proportions) ``sqrt(sum h_i^2) / k``; None otherwise."""
+    from sgt_train.demo.evaluation import AGGREGATES
+
+    out: dict[str, float] = {}
+    for model in _MODELS:
+        result = reports[model].result(benchmark, split)
+        if benchmark in AGGREGATES and metric == result.primary_metric:
+            found = {(r.benchmark, r.split): r for r in reports[model].results}
+            parts = [
+                binomial_half_width(found[(b, s)].metrics[m], found[(b, s)].num_items)
+                for b, s, m in AGGREGATES[benchmark]
+                if (b, s) in found
+            ]
+            if not parts:
+                return None
+            out[model] = math.sqrt(sum(h * h for h in parts)) / len(parts)
+        elif metric in _PROPORTIONS and result.num_items > 0:
+            out[model] = binomial_half_width(result.metrics[metric], result.num_items)
+        else:
+            return None
+    return out
+
+
+def _baseline(report: EvalReport, benchmark: str, split: str, metric: str) -> float | None:
+    result = report.result(benchmark, split)
+    if "majority_baseline" in result.metrics and metric == result.primary_metric:
+        return result.metrics["majority_baseline"]
+    if benchmark == "scene-pope" and metric.startswith("accuracy"):
+        return 50.0  # every split is balanced
+    return None
 
 
 def summary_rows(reports: Mapping[str, EvalReport]) -> list[SummaryRow]:
-    """Rows for every benchmark split of the base report (primary metric, plus a few extras)."""
+    """Rows for every benchmark split of the base report (primary metric, plus a few extras),
+    the perception and reasoning aggregates first."""
+    from sgt_train.demo.evaluation import AGGREGATES
+
     rows = []
-    for result in reports["base"].results:
+    results = sorted(reports["base"].results, key=lambda r: r.benchmark not in AGGREGATES)
+    for result in results:
         key = (result.benchmark, result.split)
-        for metric in (result.primary_metric, *_EXTRA.get(key, ())):
+        extra = _EXTRA.get(key, ("accuracy",) if result.benchmark == "scene-pope" else ())
+        for metric in (result.primary_metric, *extra):
+            if metric not in result.metrics:
+                continue
             values = {m: reports[m].result(*key).metrics[metric] for m in _MODELS}
             rows.append(
-                SummaryRow(result.benchmark, result.split, metric, result.num_items, values)
+                SummaryRow(
+                    result.benchmark,
+                    result.split,
+                    metric,
+                    result.num_items,
+                    values,
+                    _half_widths(reports, *key, metric),
+                    _baseline(reports["base"], *key, metric),
+                )
             )
     return rows
 
 
-def _table(rows: Sequence[SummaryRow]) -> list[str]:
-    lines = [
-        "| benchmark | metric | items | base | control | SGT | SGT − base | SGT − control | ±2σ items |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        v = r.values
-        noise = r.noise()
-        lines.append(
-            f"| {r.label} | {r.metric} | {r.num_items} | {v['base']:.2f} | {v['control']:.2f} | "
-            f"{v['sgt']:.2f} | {v['sgt'] - v['base']:+.2f} | {v['sgt'] - v['control']:+.2f} | "
-            f"{'–' if noise is None else f'{noise:.1f}'} |"
-        )
-    return lines
-
-
-def _verdict(rows: Sequence[SummaryRow]) -> list[str]:
-    """Which SGT − control differences exceed the item-sampling noise (if any)."""
+def notable_differences(rows: Sequence[SummaryRow]) -> list[Difference]:
+    """Every model pair and row whose difference exceeds the band (:func:`difference_exceeds`)."""
     out = []
     for r in rows:
-        noise = r.noise()
-        delta = r.values["sgt"] - r.values["control"]
-        if noise is not None and abs(delta) > noise:
-            out.append(f"{r.label} {r.metric}: {delta:+.2f} (noise ±{noise:.1f})")
+        if r.half_widths is None:
+            continue
+        for model, against in _PAIRS:
+            if difference_exceeds(
+                r.values[model],
+                r.half_widths[model],
+                r.values[against],
+                r.half_widths[against],
+            ):
+                out.append(Difference(r, model, against))
     return out
+
+
+def _value(r: SummaryRow, model: str) -> str:
+    v = f"{r.values[model]:.1f}"
+    return v if r.half_widths is None else f"{v} ± {r.half_widths[model]:.1f}"
+
+
+def _delta(r: SummaryRow, model: str, against: str) -> str:
+    delta = r.values[model] - r.values[against]
+    band = r.difference_band(model, against)
+    if band is None:
+        return f"{delta:+.1f}"
+    text = f"{delta:+.1f} (±{band:.1f})"
+    return f"**{text}**" if abs(delta) > band else text
+
+
+def _table(rows: Sequence[SummaryRow]) -> list[str]:
+    lines = [
+        "| benchmark | metric | items | majority baseline | base | control | SGT "
+        "| SGT − base | SGT − control | control − base |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        baseline = "–" if r.baseline is None else f"{r.baseline:.1f}"
+        lines.append(
+            f"| {r.label} | {r.metric} | {r.num_items} | {baseline} | {_value(r, 'base')} | "
+            f"{_value(r, 'control')} | {_value(r, 'sgt')} | {_delta(r, 'sgt', 'base')} | "
+            f"{_delta(r, 'sgt', 'control')} | {_delta(r, 'control', 'base')} |"
+        )
+    return lines
 
 
 def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -220,7 +351,7 @@ def write_report(
     written = write_comparison([reports[m] for m in _MODELS], report_dir)
     bars = sorted(p.name for p in written if p.name.startswith("bar_"))
     rows = summary_rows(reports)
-    notable = _verdict(rows)
+    notable = [str(d) for d in notable_differences(rows)]
     lines = [
         "# SGT CPU demo: base vs VQA-only control vs SGT",
         "",
@@ -240,9 +371,15 @@ def write_report(
         *_table(rows),
         "",
         "Deltas are differences of the unrounded numbers in `base.json`, `control.json`, `sgt.json`. "
-        "`±2σ items` is two standard errors of a difference between two models' proportions on "
-        "this many items; it covers item sampling only, not the variation between training seeds, "
-        "which after minutes of CPU training is at least as large.",
+        "`x ± h`: the score and the half-width of its 95% binomial interval in points "
+        "(Agresti-Coull, from the row's items); for `scene-perception` and `scene-reasoning`, the "
+        "means of their benchmarks, `sqrt(sum h_i^2) / k` over the k components. A delta's band "
+        "is `sqrt(h_a^2 + h_b^2)`; a difference **exceeds the noise band** (bold) when "
+        "`|a − b| > sqrt(h_a^2 + h_b^2)`. Rows whose metric is not a proportion of items (F1, "
+        "mIoU, PQ) have no band. `majority baseline`: the score of always giving the commonest "
+        "gold answer (50 on the balanced yes/no and two-choice rows). The bands cover item "
+        "sampling only, not the variation between training seeds, which after minutes of CPU "
+        "training is at least as large.",
         "",
         "## What these numbers show, and what they do not",
         "",
@@ -251,10 +388,11 @@ def write_report(
         "column, and even then a single seed is one draw. Re-run with `--seed` to see the spread.",
         "- The segmentation row is expected to favour SGT: only SGT trains on segmentation. It shows "
         "that the proxy task is learnt and scored end to end, not that understanding improved.",
-        "- Scene VQA: the models learn the answer format of each question type (a word, a number, "
-        "a letter) but after minutes of training mostly answer by type priors (e.g. always `Yes` "
-        "or always `No` to existence questions, visible in POPE's yes-ratio in the JSON files), "
-        "not from what the image shows.",
+        "- Scene VQA: perception (existence, counting, colour, position, depth order) and "
+        "reasoning (sums, comparisons and differences of counts) are scored apart; every POPE "
+        "split and every yes/no or two-choice row is balanced 50/50, so a model that answers by "
+        "type priors (always `Yes`, always `A`) scores the majority baseline, and POPE's "
+        "`yes_ratio_mean` shows such a bias (50 = unbiased).",
         "- GenEval here is the official rule set with a template-matching detector of the world's "
         "shapes and a low detection threshold (0.3): a model that draws coloured blobs whatever the "
         "prompt (SGT drawing segmentation-style maps) passes some `single_object` prompts by "
@@ -262,7 +400,9 @@ def write_report(
         "- The paper's gains (CV-Bench +6.0, POPE +2.6, GenEval +2.8 on BAGEL-7B) need the real "
         "model and data; nothing here reproduces or refutes them.",
         "",
-        "Differences beyond the item noise: " + ("; ".join(notable) if notable else "none") + ".",
+        "Differences that exceed the noise band (|a − b| > sqrt(h_a^2 + h_b^2)): "
+        + ("; ".join(notable) if notable else "none")
+        + ".",
         "",
         "## Figures",
         "",

@@ -41,6 +41,8 @@ class DemoStores:
     #: held-out split, COCO-Stuff style semantic maps (segmentation ground truth)
     eval_semantic: Path
     manifests: dict[str, StoreManifest]
+    #: train split, Canny edge targets (``build_stores(..., edge=True)``), else None
+    edge: Path | None = None
 
 
 def build_stores(
@@ -50,10 +52,13 @@ def build_stores(
     num_eval: int,
     seed: int,
     config: SceneConfig | None = None,
+    edge: bool = False,
     progress: Any = None,
 ) -> DemoStores:
     """Write the scene world under ``root/world`` and convert it into stores under ``root/stores``.
 
+    ``edge``: also convert the train split's Canny edge targets into ``stores/scenes-train-edge``
+    (the ablation sweep's edge arm; needs ``sgt-data[edge]``, which brings opencv).
     ``progress(done, total)`` is called per converted store.
     """
     world = write_world(
@@ -114,6 +119,24 @@ def build_stores(
             stores / "scenes-eval-semantic",
         ),
     ]
+    if edge:
+        jobs.append(
+            (
+                "edge",
+                CocoInstancesConverter(
+                    world.train.instances,
+                    world.train.images,
+                    ConvertOptions(
+                        name="scenes-train-edge",
+                        edge=True,
+                        reconstruction=False,
+                        seed=seed,
+                        num_classes=NUM_SCENE_CLASSES,
+                    ),
+                ),
+                stores / "scenes-train-edge",
+            )
+        )
     manifests: dict[str, StoreManifest] = {}
     for done, (key, converter, out) in enumerate(jobs):
         manifests[key] = run_conversion(converter, out, overwrite=True)
@@ -129,4 +152,5 @@ def build_stores(
         t2i=jobs[2][2],
         eval_semantic=jobs[3][2],
         manifests=manifests,
+        edge=jobs[4][2] if edge else None,
     )

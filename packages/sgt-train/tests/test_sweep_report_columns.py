@@ -1,0 +1,60 @@
+"""The sweep report's tables show the paper's ablation columns: perception and reasoning
+aggregates, GenEval position accuracy and segmentation mIoU, read from the runs' EvalReports,
+whether a table lists no columns or names the aggregates ``perception`` / ``reasoning``."""
+
+from __future__ import annotations
+
+from sgt_train.sweep_report import (
+    PAPER_COLUMNS,
+    SweepReport,
+    markdown_report,
+    summarize,
+    table_columns,
+)
+
+_PAPER = [c["metric"] for c in PAPER_COLUMNS]
+
+
+def _run(offset: float) -> dict[str, float]:
+    return {
+        "scene-perception/default/score": 50.0 + offset,
+        "scene-reasoning/default/score": 30.0 + offset,
+        "geneval/scene/position": 10.0 + offset,
+        "sgt-proxy-segmentation/semantic/miou": 20.0 + offset,
+        "scene-counting/default/accuracy": 40.0 + offset,
+    }
+
+
+def _report(tables: list[dict[str, object]]) -> SweepReport:
+    runs = {
+        "base": {0: _run(0.0), 1: _run(1.0), 2: _run(2.0)},
+        "seg": {0: _run(3.0), 1: _run(5.0), 2: _run(4.0)},
+    }
+    headline = ["scene-counting/default/accuracy", *_PAPER]
+    return summarize(
+        "t", "t.yaml", ["base", "seg"], {"base": "base", "seg": "+ segmentation"}, [0, 1, 2],
+        runs, [("seg", "base")], tables, headline,
+    )  # fmt: skip
+
+
+def test_a_table_without_columns_leads_with_the_paper_columns() -> None:
+    report = _report([{"title": "Proxy-task ablation", "arms": ["base", "seg"], "columns": []}])
+    columns = table_columns(report, report.tables[0])
+    assert [c["metric"] for c in columns[:4]] == _PAPER
+    assert [c["label"] for c in columns[:4]] == [
+        "perception", "reasoning", "GenEval position", "seg mIoU",
+    ]  # fmt: skip
+    assert [c["metric"] for c in columns[4:]] == ["scene-counting/default/accuracy"]
+    markdown = markdown_report(report)
+    header = next(line for line in markdown.splitlines() if line.startswith("| arm |"))
+    assert header.startswith("| arm | vs | perception | reasoning | GenEval position | seg mIoU |")
+    seg = next(line for line in markdown.splitlines() if line.startswith("| + segmentation |"))
+    assert seg.split(" | ")[2].startswith("54.0 ± ")  # perception: mean of 53, 55, 54
+
+
+def test_perception_and_reasoning_columns_read_the_eval_report_aggregates() -> None:
+    columns = [{"label": "P", "metric": "perception"}, {"label": "R", "metric": "reasoning"}]
+    report = _report([{"title": "x", "arms": ["base", "seg"], "columns": columns}])
+    got = table_columns(report, report.tables[0])
+    assert [c["metric"] for c in got] == _PAPER[:2]
+    assert columns[0]["metric"] == "perception"  # the table spec itself is left alone
