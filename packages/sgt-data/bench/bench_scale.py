@@ -13,8 +13,10 @@ worker = one core):
   SA-1B's whole/part masks do). Full size: no scale-down, so no per-pixel projection is needed;
 
 each at two input sizes ``n1 < n2``, split by the conversion's progress callbacks into listing
-(+ opening the store), the per-image work (convert, stage, commit) and the manifest; a
-merge of part stores (the ``--shard i/N`` outputs) at both sizes. Every part is fitted as
+(+ opening the store), the per-image work (convert, stage, commit) and the manifest; a merge of
+part stores (the ``--shard i/N`` outputs) at both sizes; SA-1B's listing (a glob and a peek into
+every JSON file: a few ms over 64 files) timed on its own over 256 and 2048 files (links to the
+generated ones). Every part is fitted as
 ``fixed + per_image * n`` from the two sizes (best of ``REPEATS``), and a fresh process's
 start-up (interpreter, imports, compiled-kernel cache loads) is measured once.
 
@@ -45,6 +47,7 @@ Run: ``python packages/sgt-data/bench/bench_scale.py`` (or ``nox -s bench -- sca
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -78,6 +81,9 @@ COCO_SIZES = (128, 512)
 SA1B_SIZES = (16, 64)
 SA1B_HW = (1500, 2250)
 SA1B_MASKS = 100
+#: SA-1B listing (a glob and a peek into every JSON file) is timed on its own over this many
+#: files (links to the generated ones): over 64 files it takes a few ms, below the noise
+SA1B_LISTING_SIZES = (256, 2048)
 #: part stores merged at each size (as ``--shard i/N`` writes them)
 MERGE_PARTS = 4
 CORES = (16, 64, 256, 1024)
@@ -203,6 +209,32 @@ class Model:
         return (self.work.per_image + (self.merge.per_image if with_merge else 0.0)) * n
 
 
+def _listing(make_conv: Callable[[int], Converter], sizes: tuple[int, int]) -> Line:
+    """CPU-seconds of ``list_items`` alone (the gc paused, as in a conversion), fitted."""
+    best = {}
+    for n in sizes:
+        conv = make_conv(n)
+        runs = []
+        for _ in range(REPEATS):
+            gc.disable()
+            c0 = time.process_time()
+            conv.list_items()
+            runs.append(time.process_time() - c0)
+            gc.enable()
+        best[n] = min(runs)
+    (n1, y1), (n2, y2) = best.items()
+    return Line.through(n1, y1, n2, y2)
+
+
+def _link_sa1b(src: Path, folder: Path, n: int, available: int) -> Path:
+    """A folder of ``n`` SA-1B pairs, links to the first ``available`` generated ones in turn."""
+    folder.mkdir()
+    for k in range(n):
+        for ext in ("json", "jpg"):
+            (folder / f"sa_{k + 1}.{ext}").symlink_to(src / f"sa_{k % available + 1}.{ext}")
+    return folder
+
+
 def _measure(
     name: str,
     sizes: tuple[int, int],
@@ -210,6 +242,7 @@ def _measure(
     make_conv: Callable[[int], Converter],
     root: Path,
     startup: float,
+    listing: Line | None = None,
 ) -> Model:
     phases: dict[int, list[Phases]] = {n: [] for n in sizes}
     merges: dict[int, list[float]] = {n: [] for n in sizes}
@@ -232,7 +265,7 @@ def _measure(
     wall = sum(p.wall for ps in phases.values() for p in ps)
     return Model(
         name,
-        listing=fit(lambda p: p.listing),
+        listing=listing or fit(lambda p: p.listing),
         work=fit(lambda p: p.work),
         manifest=fit(lambda p: p.manifest),
         merge=Line.through(n1, min(merges[n1]), n2, min(merges[n2])),
@@ -328,14 +361,11 @@ def main() -> None:
             n: write_voc_coco(root / f"coco{n}", n_images=n) for n in COCO_SIZES
         }  # 500x375, the photo's own size
         sa1b_all = _write_sa1b(root / "sa1b-all", max(SA1B_SIZES))
-        sa1b = {}
-        for n in SA1B_SIZES:  # the first n of the pairs, linked into a folder of their own
-            folder = root / f"sa1b{n}"
-            folder.mkdir()
-            for k in range(n):
-                for ext in ("json", "jpg"):
-                    (folder / f"sa_{k + 1}.{ext}").symlink_to(sa1b_all / f"sa_{k + 1}.{ext}")
-            sa1b[n] = folder
+        n_all = max(SA1B_SIZES)
+        sa1b = {
+            n: _link_sa1b(sa1b_all, root / f"sa1b{n}", n, n_all)
+            for n in (*SA1B_SIZES, *SA1B_LISTING_SIZES)
+        }
         opts = ConvertOptions(name="bench")
         # warm up: page cache, compiled-kernel cache loads, palette tables
         _convert(CocoInstancesConverter(*coco[COCO_SIZES[0]], opts), root / "warm", 64)
@@ -359,6 +389,7 @@ def main() -> None:
             lambda n: Sa1bConverter(sa1b[n], opts),
             root / "s",
             startup,
+            _listing(lambda n: Sa1bConverter(sa1b[n], opts), SA1B_LISTING_SIZES),
         )
     load = os.getloadavg()[0]
     print(
