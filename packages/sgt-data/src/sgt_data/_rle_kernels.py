@@ -7,6 +7,12 @@ the same way into one ``uint8`` buffer. Kernels return a status code (``OK`` or 
 ``ERR_*`` values) and write details into a small ``info`` array; the Python layer turns them into
 :class:`sgt_data.errors.RLEError` messages. Every kernel compiles on first call with ``cache=True``
 (the cache lives in ``NUMBA_CACHE_DIR`` when set, else in ``__pycache__``).
+
+One module on purpose: the kernels are one job (run-length arithmetic on flat arrays) and call
+across its sections (``label_map_from_strings`` parses strings, measures areas and paints;
+``polygon_string`` rasterises and emits string groups with ``_emit``), and Numba invalidates a
+cached kernel only when its own source file changes: a kernel compiled with a callee from
+another file would keep the old callee's machine code in its cache after that file changed.
 """
 
 from __future__ import annotations
