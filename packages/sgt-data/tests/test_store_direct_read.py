@@ -245,3 +245,19 @@ def test_a_damaged_shard_is_one_line_naming_the_file(
 
     problems = verify_store(root)
     assert any(p.startswith(("array 'image'", "sample 0")) for p in problems)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_painting_a_label_map_equals_the_gather_and_names_an_id_without_colour(
+    dtype: str,
+) -> None:
+    from sgt_data._frames import paint_labels
+
+    rng = np.random.default_rng(3)
+    lut = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)
+    labels = rng.integers(0, 40, size=(37, 53)).astype(dtype)
+    out, bad = paint_labels(labels, lut)
+    assert bad == -1
+    np.testing.assert_array_equal(out, np.take(lut, labels, axis=0))
+    labels[5, 7] = 41
+    assert paint_labels(labels, lut)[1] == 41

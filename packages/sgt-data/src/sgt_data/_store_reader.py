@@ -13,7 +13,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from sgt_data._frames import _decode_frame
+from sgt_data._frames import _decode_frame, _decode_frame_stored, paint_labels
 from sgt_data._shard_reader import ByteSource, DirectArray, LocalSource, ZarrArray, open_array
 from sgt_data._store_layout import (
     _READABLE_LAYOUTS,
@@ -266,6 +266,10 @@ class SampleStore:
 
     def read_labels(self, index: int, name: str) -> NDArray[Any]:
         """A stored label map (``segments``, ``classes``, ``edge``, ``depth``), HxW."""
+        return self._labels(index, name, widen=True)
+
+    def _labels(self, index: int, name: str, *, widen: bool) -> NDArray[Any]:
+        """A label map; ``widen=False``: a map stored narrow stays uint8 (and read-only)."""
         path = f"labels/{name}"
         raw = self._raw(index, path)
         if raw is None:
@@ -273,7 +277,8 @@ class SampleStore:
         spec = self._field[path]
         shape = self.image_shape(index)
         if spec.frame_dtype is not None:
-            raw = _decode_frame(raw, spec.frame_dtype, shape[0] * shape[1])
+            decode = _decode_frame if widen else _decode_frame_stored
+            raw = decode(raw, spec.frame_dtype, shape[0] * shape[1])
         return raw.reshape(shape)
 
     def _renderer(self, name: str) -> Any:
@@ -353,16 +358,16 @@ class SampleStore:
             return np.asarray(
                 self._renderer("semantic").render(self.read_labels(index, "classes")), np.uint8
             )
-        seg = self.read_labels(index, "segments")
+        seg = self._labels(index, "segments", widen=False)
         # one colour per segment id, then one gather over the map (no per-pixel relabelling);
         # the instance colours come from the slot table stored at conversion
         lut = self._segment_colours(index, variant)
-        if seg.size and int(seg.max()) >= len(lut):
+        out, bad = paint_labels(seg, lut)
+        if bad >= 0:
             raise StoreError(
-                f"{self.path}: sample {index} segment id {int(seg.max())} has no record "
+                f"{self.path}: sample {index} segment id {bad} has no record "
                 f"({len(lut) - 1} segments)"
             )
-        out: NDArray[np.uint8] = np.take(lut, seg, axis=0)
         return out
 
     def _segment_colours(self, index: int, variant: str) -> NDArray[np.uint8]:
