@@ -112,11 +112,21 @@ class ReferenceAdapterConfig(AdapterConfigBase):
     uncond_dropout: float = Field(
         default=0.1, ge=0, le=1, description="training: drop every condition (for CFG)"
     )
+    spatial_condition: bool = Field(
+        default=False,
+        description="generator: also read the LM's hidden states at the image tokens as a "
+        "spatial reference on the latent grid (linear, pixel-shuffled; zero when dropped)",
+    )
 
     @model_validator(mode="after")
     def _check_vae(self) -> ReferenceAdapterConfig:
         if self.latent_source == "vae" and not self.vae_path:
             raise ValueError("latent_source='vae' needs vae_path (a local AutoencoderKL folder)")
+        if self.spatial_condition and self.vae_reference_input:
+            raise ValueError(
+                "spatial_condition and vae_reference_input both fill the generator's reference "
+                "channels; set only one"
+            )
         return self
 
 

@@ -138,7 +138,10 @@ def architecture_for(size: Literal["tiny", "small"]) -> ReferenceArchitecture:
 
 
 def check_geometry(config: ReferenceAdapterConfig, latent_factor: int) -> None:
-    """Raise ``ReferenceConfigError`` if ``image_size`` does not tile into patches and latents."""
+    """Raise ``ReferenceConfigError`` if ``image_size`` does not tile into patches and latents.
+
+    With ``spatial_condition`` the grid of image tokens must also divide the latent grid.
+    """
     arch = architecture_for(config.size)
     step = latent_factor * arch.dit_patch
     for name, unit in (("vision patch", arch.vit_patch), ("latent patch", step)):
@@ -147,3 +150,8 @@ def check_geometry(config: ReferenceAdapterConfig, latent_factor: int) -> None:
                 f"image_size={config.image_size} of the {config.size!r} reference model must be "
                 f"a multiple of the {name} size {unit}"
             )
+    if config.spatial_condition and arch.vit_patch % latent_factor:
+        raise ReferenceConfigError(
+            f"spatial_condition needs the vision patch ({arch.vit_patch}) of the {config.size!r} "
+            f"reference model to be a multiple of the latent factor ({latent_factor})"
+        )

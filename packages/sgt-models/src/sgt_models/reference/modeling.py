@@ -7,6 +7,13 @@ flow-matching velocity of image latents conditioned on the LM's last hidden stat
 row, image tokens included. Latents are patchified pixels (space-to-depth) or the latents of a
 frozen diffusers ``AutoencoderKL``.
 
+With ``spatial_condition`` the generator also gets the LM's last hidden states at the image-token
+positions laid out on the latent grid (a linear layer per token, pixel-shuffled from the token grid
+to the latent grid) as its reference channels. The input image then reaches the generator in two
+forms, both only through the understanding encoder and the LM: as caption tokens (1-D positions) and
+as a spatially aligned map. The map is zero wherever the image condition is dropped (rows without
+an image, condition dropout, the unconditional branch of classifier-free guidance).
+
 Time convention: OmniGen2's ``data_at_one`` (``x_t = t x0 + (1 - t) eps``, target ``x0 - eps``);
 the DiT receives ``1000 t``. Randomness in ``loss`` (times, noise, condition dropout, in that
 order) comes from the global torch RNG, so a trainer reproduces a step by restoring
@@ -131,9 +138,17 @@ class ReferenceAdapter(torch.nn.Module):
             torch.nn.Linear(arch.lm_hidden, arch.lm_hidden),
         )
         self.llm: Any = Qwen2ForCausalLM(Qwen2Config(**arch.qwen2_config(max_positions)))
+        reference_channels = config.vae_reference_input or config.spatial_condition
         self.generator: Any = Lumina2Transformer2DModel(  # type: ignore[no-untyped-call]
-            **arch.lumina2_config(self.latent_channels, config.vae_reference_input)
+            **arch.lumina2_config(self.latent_channels, reference_channels)
         )
+        self.token_grid = config.image_size // arch.vit_patch
+        self.spatial_upscale = arch.vit_patch // self.latent_factor
+        self.spatial_projection: torch.nn.Linear | None = None
+        if config.spatial_condition:
+            self.spatial_projection = torch.nn.Linear(
+                arch.lm_hidden, self.latent_channels * self.spatial_upscale**2
+            )
         self.vae: Any = vae
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(arch.vocab_size)
         self.processor = ReferenceProcessor(
@@ -150,12 +165,19 @@ class ReferenceAdapter(torch.nn.Module):
     # -- protocol: structure ------------------------------------------------------------------
 
     def parameter_groups(self) -> Mapping[str, list[torch.nn.Parameter]]:
-        """Parameters by group: vision_encoder, connector, llm, generator, vae."""
+        """Parameters by group: vision_encoder, connector, llm, generator, vae.
+
+        The spatial projection (``spatial_condition``) belongs to the generator group.
+        """
+        spatial = self.spatial_projection
         return {
             "vision_encoder": list(self.vision_encoder.parameters()),
             "connector": list(self.connector.parameters()),
             "llm": list(self.llm.parameters()),
-            "generator": list(self.generator.parameters()),
+            "generator": [
+                *self.generator.parameters(),
+                *(spatial.parameters() if spatial is not None else ()),
+            ],
             "vae": list(self.vae.parameters()) if self.vae is not None else [],
         }
 
@@ -232,6 +254,35 @@ class ReferenceAdapter(torch.nn.Module):
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
 
+    def spatial_reference(
+        self, hidden: torch.Tensor, image_on: torch.Tensor, latent_hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """The ``spatial_condition`` reference of rows of LM hidden states ``(B, L, D)``.
+
+        Row ``i`` reads its hidden states at the image-token positions (``<bos> <vision_start>``
+        come first), maps each token to ``latent_channels * up^2`` values, pixel-shuffles the token
+        grid up to the latent grid (nearest resize if ``latent_hw`` differs) and is multiplied by
+        ``image_on[i]``: zero for rows whose image condition is absent or dropped.
+        """
+        if self.spatial_projection is None:
+            raise ValueError("spatial_reference needs a model built with spatial_condition=True")
+        grid, up = self.token_grid, self.spatial_upscale
+        start = 2
+        count = grid * grid
+        rows = hidden.shape[0]
+        feats = hidden[:, start : start + count]
+        if feats.shape[1] < count:  # rows shorter than an image prefix hold no image
+            pad = hidden.new_zeros(rows, count - feats.shape[1], hidden.shape[2])
+            feats = torch.cat([feats, pad], dim=1)
+        on = image_on.to(feats.dtype).reshape(rows, 1, 1)
+        values: torch.Tensor = self.spatial_projection(feats * on) * on
+        ref = values.transpose(1, 2).reshape(rows, -1, grid, grid)
+        if up > 1:
+            ref = functional.pixel_shuffle(ref, up)
+        if tuple(ref.shape[-2:]) != tuple(latent_hw):
+            ref = functional.interpolate(ref, size=latent_hw, mode="nearest")
+        return ref
+
     def _velocity(
         self,
         x: torch.Tensor,
@@ -287,6 +338,9 @@ class ReferenceAdapter(torch.nn.Module):
         reference = torch.zeros_like(x) if self.config.vae_reference_input else None
         cond = torch.zeros(1, 1, self.arch.lm_hidden, device=device, dtype=self._dtype)
         one = torch.ones(1, dtype=torch.long, device=device)
+        if self.spatial_projection is not None:
+            off = torch.zeros(1, dtype=torch.bool, device=device)
+            reference = self.spatial_reference(cond, off, (p, p))
         velocity = self._velocity(x, torch.zeros(1, device=device), cond, one, reference)
         return (velocity.float() * 0.0).sum()
 
@@ -341,6 +395,10 @@ class ReferenceAdapter(torch.nn.Module):
             reference = None
             if batch.reference_pixels is not None:
                 reference = self.encode_latents(batch.reference_pixels.float())
+            elif self.spatial_projection is not None:
+                reference = self.spatial_reference(
+                    hidden[gen_rows], batch.has_image[gen_rows], (data.shape[2], data.shape[3])
+                )
             cond_len, reference = self._condition_dropout(
                 cond_len, batch.cond_prefix[gen_rows], reference
             )
@@ -484,7 +542,11 @@ class ReferenceAdapter(torch.nn.Module):
         null = torch.ones_like(full)
         image_only = torch.tensor(prefixes, device=self._device)
         reference = None
-        if self.config.vae_reference_input:
+        latent_hw = (grid_h // self.latent_factor, grid_w // self.latent_factor)
+        if self.spatial_projection is not None:
+            on = torch.full((n,), images is not None, dtype=torch.bool, device=self._device)
+            reference = self.spatial_reference(hidden, on, latent_hw)
+        elif self.config.vae_reference_input:
             if images is not None:
                 ref_pixels = images_to_tensor(images, (grid_h, grid_w)).to(self._device)
                 reference = self.encode_latents(ref_pixels)
@@ -530,7 +592,6 @@ class ReferenceAdapter(torch.nn.Module):
                 image_scale=image_scale,
             )
 
-        latent_hw = (grid_h // self.latent_factor, grid_w // self.latent_factor)
         if settings.shift is not None:
             shift = settings.shift
         elif flow.dynamic_shift:
