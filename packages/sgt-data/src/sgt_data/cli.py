@@ -52,7 +52,12 @@ def _positive(text: str) -> int:
 def _add_common(p: argparse.ArgumentParser, targets: bool = True) -> None:
     """Options of every converter; ``targets``: also the edge and depth target options (not
     for the VQA and caption formats, which draw no targets from them)."""
-    p.add_argument("--out", required=True, help="store directory to create (or resume)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="store directory to create (or resume), or a URL (s3://bucket/prefix: converted "
+        "into a local folder, then uploaded)",
+    )
     p.add_argument(
         "--name", help="store name, the prefix of sample ids (default: the --out folder name)"
     )
@@ -174,11 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("inspect", help="print a store's manifest summary")
-    p.add_argument("store")
+    p.add_argument("store", help="store directory or URL (s3://bucket/prefix)")
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
 
     p = sub.add_parser("verify", help="check a store against its manifest")
-    p.add_argument("store")
+    p.add_argument("store", help="store directory or URL (s3://bucket/prefix)")
 
     p = sub.add_parser("preview", help="PNG contact sheet: each image beside its targets")
     p.add_argument("store")
@@ -257,11 +262,14 @@ def _convert(args: argparse.Namespace) -> int:
         conv = CaptionConverter(args.annotations, args.images, opts)
     else:
         conv = VqaConverter(args.annotations, args.images, opts)
+    from sgt_data.remote import local_out, publish_out
+
+    out = local_out(args.out, overwrite=args.overwrite)  # a URL: converted locally, then uploaded
     bar = _Bar(not args.no_progress, f"convert {args.format}")
     try:
         m = run_conversion(
             conv,
-            args.out,
+            out,
             workers=args.workers,
             shard=parse_shard(args.shard),
             batch_size=args.batch_size,
@@ -272,6 +280,7 @@ def _convert(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+    publish_out(out, args.out, overwrite=args.overwrite)
     print(f"{args.out}: {m.num_samples} samples, {len(m.skipped)} skipped")
     return 0
 
@@ -431,7 +440,9 @@ def _interrupted(args: argparse.Namespace) -> str:
     where = f"sgt-data {args.command}: interrupted"
     if args.command not in ("convert", "merge"):
         return where
-    journal = Path(args.out) / JOURNAL_FILE
+    from sgt_data.remote import local_out
+
+    journal = Path(local_out(args.out, overwrite=True)) / JOURNAL_FILE
     try:
         done = int(json.loads(journal.read_text(encoding="utf-8"))["samples"])
     except (OSError, ValueError, KeyError):

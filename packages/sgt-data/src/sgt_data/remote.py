@@ -10,15 +10,18 @@ server, ``~/.aws``) or from ``storage_options`` (fsspec's keyword arguments for 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from sgt_data.errors import StoreError
 
-__all__ = ["RemoteSource", "is_url", "publish_store"]
+__all__ = ["RemoteSource", "is_url", "local_out", "publish_out", "publish_store"]
 
 _URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: files of a local store that are not uploaded (the commit journal, staged batches)
@@ -31,17 +34,23 @@ def is_url(path: object) -> bool:
     return isinstance(path, str) and bool(_URL.match(path)) and not path.startswith("file://")
 
 
+def _options(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """fsspec's options for ``url``: the caller's, with the S3 endpoint from the environment
+    (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``) unless given."""
+    opts = dict(storage_options or {})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if url.startswith(("s3://", "s3a://")) and endpoint and "endpoint_url" not in opts:
+        opts["endpoint_url"] = endpoint
+    return opts
+
+
 def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     try:
         import fsspec  # type: ignore[import-untyped]
     except ImportError as exc:  # fsspec comes with zarr; s3fs is the extra
         raise StoreError(f"{url}: reading object storage needs fsspec ({exc})") from exc
-    opts = dict(storage_options or {})
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if url.startswith(("s3://", "s3a://")) and endpoint and "endpoint_url" not in opts:
-        opts["endpoint_url"] = endpoint
     try:
-        fs, root = fsspec.core.url_to_fs(url, **opts)
+        fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options))
     except ImportError as exc:
         raise StoreError(
             f"{url}: this URL needs a filesystem library that is not installed ({exc}); "
@@ -133,14 +142,11 @@ class RemoteSource:
         import zarr
         from zarr.storage import FsspecStore
 
-        fs = self._fs_and_root()[0]
-        if not getattr(fs, "async_impl", False):
-            from fsspec.implementations.asyn_wrapper import (  # type: ignore[import-untyped]
-                AsyncFileSystemWrapper,
-            )
-
-            fs = AsyncFileSystemWrapper(fs)
-        store = FsspecStore(fs, path=self._path(key), read_only=True)
+        # zarr runs its own event loop: it gets a filesystem of its own, made asynchronous
+        url = self.where(key)
+        store = FsspecStore.from_url(
+            url, storage_options=_options(url, self.storage_options), read_only=True
+        )
         return zarr.open_array(store=store, mode="r")
 
 
@@ -159,20 +165,13 @@ def publish_store(
     root = Path(local_dir)
     if not (root / _MANIFEST).is_file():
         raise StoreError(f"{root}: not a finished store (no {_MANIFEST}); nothing uploaded")
-    dest = RemoteSource(url, storage_options)
-    fs, base = dest._fs_and_root()
+    fs, base, held = _held(url, storage_options)
     files = sorted(
         p
         for p in root.rglob("*")
         if p.is_file() and p.relative_to(root).parts[0] not in _LOCAL_ONLY
     )
     manifest = root / _MANIFEST
-    try:
-        held = fs.find(base, maxdepth=None)
-    except FileNotFoundError:
-        held = []
-    except Exception as exc:
-        raise StoreError(f"{url}: cannot be listed: {type(exc).__name__}: {exc}") from exc
     if held and not overwrite:
         raise StoreError(
             f"{url}: holds {len(held)} objects already; use another URL or --overwrite"
@@ -191,3 +190,38 @@ def publish_store(
             f"{url}: upload failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
     return len(files)
+
+
+def _held(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, list[str]]:
+    fs, base = RemoteSource(url, storage_options)._fs_and_root()
+    try:
+        return fs, base, list(fs.find(base))
+    except FileNotFoundError:
+        return fs, base, []
+    except Exception as exc:
+        raise StoreError(f"{url}: cannot be listed: {type(exc).__name__}: {exc}") from exc
+
+
+def local_out(out: str, *, overwrite: bool = False) -> str:
+    """Where a conversion or merge with ``--out out`` writes: ``out`` itself, or for a URL a
+    local folder named after it (under the system's temporary directory, so that a re-run
+    resumes there), after checking that the URL holds nothing unless ``overwrite``."""
+    if not is_url(out):
+        return out
+    if not overwrite:
+        _, _, held = _held(out, None)
+        if held:
+            raise StoreError(
+                f"{out}: holds {len(held)} objects already; use another URL or --overwrite"
+            )
+    digest = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"sgt-data-publish-{digest}")
+
+
+def publish_out(local: str, out: str, *, overwrite: bool = False) -> None:
+    """After a conversion into ``local_out(out)``: upload the store to ``out`` when it is a
+    URL, then remove the local copy (nothing to do for a local ``out``)."""
+    if not is_url(out) or local == out:
+        return
+    publish_store(local, out, overwrite=overwrite)
+    shutil.rmtree(local, ignore_errors=True)
