@@ -77,12 +77,12 @@ def _accuracy(name: str, value: float, n: int, baseline: float = 30.0) -> Benchm
     )
 
 
-def _pope(f1: float, accuracy: float, n: int) -> BenchmarkResult:
+def _pope(f1: float, accuracy: float, n: int, yes_ratio: float) -> BenchmarkResult:
     return BenchmarkResult(
         benchmark="scene-pope",
         split="overall",
         kind="understanding",
-        metrics={"f1_mean": f1, "accuracy_mean": accuracy, "yes_ratio_mean": 50.0},
+        metrics={"f1_mean": f1, "accuracy_mean": accuracy, "yes_ratio_mean": yes_ratio},
         primary_metric="f1_mean",
         num_items=n,
         protocol="test",
@@ -92,7 +92,7 @@ def _pope(f1: float, accuracy: float, n: int) -> BenchmarkResult:
 #: model -> (counting, colour, POPE F1, POPE accuracy, count-sum)
 _SCORES = {
     "base": (50.0, 40.0, 66.7, 50.0, 20.0),
-    "control": (52.0, 41.0, 10.0, 51.0, 21.0),
+    "control": (52.0, 41.0, 10.0, 51.0, 21.0),  # POPE yes-ratio 90 below: biased
     "sgt": (60.0, 49.0, 90.0, 52.0, 22.0),
 }
 
@@ -101,7 +101,7 @@ def _reports() -> dict[str, EvalReport]:
     out = {}
     for model, (counting, color, f1, pope_acc, total) in _SCORES.items():
         results = [
-            _pope(f1, pope_acc, 1200),
+            _pope(f1, pope_acc, 1200, 90.0 if model == "control" else 50.0),
             _accuracy("scene-counting", counting, 400),
             _accuracy("scene-color", color, 400),
             _accuracy("scene-count-sum", total, 450),
@@ -140,7 +140,7 @@ def test_rows_carry_bands_and_notable_differences_follow_the_rule() -> None:
         list(rows.values()))}  # fmt: skip
     expected_notable = set()
     for row in rows.values():
-        if row.half_widths is None:
+        if row.half_widths is None or row.metric == "yes_ratio_mean":
             continue
         for model, against in (("control", "base"), ("sgt", "base"), ("sgt", "control")):
             delta = abs(row.values[model] - row.values[against])
@@ -156,6 +156,7 @@ def test_rows_carry_bands_and_notable_differences_follow_the_rule() -> None:
     assert ("scene-color", "accuracy", "control", "base") not in notable
     assert not any(n[0] == "scene-pope" and n[1] == "f1_mean" for n in notable)
     assert not any(n[0] == "scene-count-sum" for n in notable)
+    assert not any(n[1] == "yes_ratio_mean" for n in notable)  # a bias, not a score
 
 
 class _Renderer:

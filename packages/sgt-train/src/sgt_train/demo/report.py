@@ -42,6 +42,9 @@ _EXTRA = {
 _PROPORTIONS = {"accuracy", "accuracy_mean", "correct_images", "yes_ratio", "yes_ratio_mean"}
 #: Normal quantile of a two-sided 95% interval.
 _Z95 = 1.959963984540054
+_SHORT = {"base": "base", "control": "control", "sgt": "SGT"}
+#: Rows that describe an answer bias, not a quality: banded, but not listed as notable.
+_BIAS = {"yes_ratio", "yes_ratio_mean"}
 #: Model pairs compared in the summary: (later, earlier).
 _PAIRS = (("control", "base"), ("sgt", "base"), ("sgt", "control"))
 
@@ -112,7 +115,7 @@ class Difference:
 
     def __str__(self) -> str:
         return (
-            f"{self.row.label} {self.row.metric}: {_TITLES[self.model]} − {_TITLES[self.against]}"
+            f"{self.row.label} {self.row.metric}: {_SHORT[self.model]} − {_SHORT[self.against]}"
             f" = {self.delta:+.2f} (band ±{self.band:.1f})"
         )
 
@@ -182,10 +185,11 @@ def summary_rows(reports: Mapping[str, EvalReport]) -> list[SummaryRow]:
 
 
 def notable_differences(rows: Sequence[SummaryRow]) -> list[Difference]:
-    """Every model pair and row whose difference exceeds the band (:func:`difference_exceeds`)."""
+    """Every model pair and row whose difference exceeds the band (:func:`difference_exceeds`);
+    yes-ratio rows (an answer bias, not a score) are left out."""
     out = []
     for r in rows:
-        if r.half_widths is None:
+        if r.half_widths is None or r.metric in _BIAS:
             continue
         for model, against in _PAIRS:
             if difference_exceeds(
@@ -376,7 +380,8 @@ def write_report(
         "means of their benchmarks, `sqrt(sum h_i^2) / k` over the k components. A delta's band "
         "is `sqrt(h_a^2 + h_b^2)`; a difference **exceeds the noise band** (bold) when "
         "`|a − b| > sqrt(h_a^2 + h_b^2)`. Rows whose metric is not a proportion of items (F1, "
-        "mIoU, PQ) have no band. `majority baseline`: the score of always giving the commonest "
+        "mIoU, PQ) have no band; yes-ratio rows measure an answer bias (50 = none), not a score, "
+        "and are not listed among the differences. `majority baseline`: the score of always giving the commonest "
         "gold answer (50 on the balanced yes/no and two-choice rows). The bands cover item "
         "sampling only, not the variation between training seeds, which after minutes of CPU "
         "training is at least as large.",
