@@ -31,6 +31,19 @@ _META_BLOCKS: Final = 8
 _META_RECORDS: Final = 32
 
 
+def _first_lines(exc: ValueError) -> str:
+    """A validation error in one line: its first problems (pydantic's own text spans lines)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = [
+            f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors()[:3]
+        ]
+        more = exc.error_count() - len(parts)
+        return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    return " ".join(str(exc).split())
+
+
 class SampleStore:
     """Read-only access to a finished store (implements ``sgt_data.datasets.StoreReader``).
 
@@ -126,7 +139,7 @@ class SampleStore:
         try:
             manifest = StoreManifest.model_validate_json(source.read_bytes(MANIFEST_FILE))
         except ValueError as exc:
-            raise StoreError(f"{mpath}: invalid manifest: {exc}") from exc
+            raise StoreError(f"{mpath}: invalid manifest: {_first_lines(exc)}") from exc
         try:
             group_meta = json.loads(source.read_bytes("zarr.json").decode("utf-8"))
             layout = group_meta["attributes"]["sgt"]

@@ -46,9 +46,11 @@ def _options(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, A
 
 def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     try:
-        import fsspec  # type: ignore[import-untyped]
-    except ImportError as exc:  # fsspec comes with zarr; s3fs is the extra
-        raise StoreError(f"{url}: reading object storage needs fsspec ({exc})") from exc
+        import fsspec  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError as exc:  # fsspec and s3fs come with the s3 extra
+        raise StoreError(
+            f"{url}: reading object storage needs fsspec: pip install 'sgt-data[s3]' ({exc})"
+        ) from exc
     try:
         fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options))
     except ImportError as exc:
