@@ -295,7 +295,9 @@ def _cold_ms(fn: Callable[[int], Any], n: int, files: list[Path]) -> tuple[float
     return (time.perf_counter() - w0) / n * 1e3, (time.process_time() - c0) / n * 1e3
 
 
-def _compare(label: str, ann: Path, images: Path, store_dir: Path) -> list[str]:
+def _compare(
+    label: str, ann: Path, images: Path, store_dir: Path, *, naive_target: bool = True
+) -> list[str]:
     """The comparison rows for one data set (see the module docstring)."""
     from PIL import Image
 
@@ -355,10 +357,11 @@ def _compare(label: str, ann: Path, images: Path, store_dir: Path) -> list[str]:
         cold["read_image"][1] / cold["bare"][1] - 1,
     )
     ok = "meets" if speed >= NAIVE_TARGET else "MISSES"
+    ok = f"{ok} the >= {NAIVE_TARGET:.0f}x target" if naive_target else "(the target is for photos)"
     rows.append(
         f"\nimage + instance target: store {speed:.2f}x the naive path per CPU-second warm "
         f"({1e3 / warm['ours']:.0f} vs {1e3 / warm['naive']:.0f} samples/CPU-s), {speed_cold:.2f}x "
-        f"cold; {ok} the >= {NAIVE_TARGET:.0f}x target; through zarr {warm['naive'] / warm['zarr']:.2f}x"
+        f"cold; {ok}; through zarr {warm['naive'] / warm['zarr']:.2f}x"
     )
     ok = "meets" if over < OVERHEAD_TARGET else "MISSES"
     rows.append(
@@ -389,6 +392,7 @@ def _photo_and_flat_comparisons(root: Path) -> list[str]:
         world.train.instances,
         world.train.images,
         root / "flat-store",
+        naive_target=False,
     )
     return rows
 
