@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from sgt_data._store_merge import copy_samples
 from sgt_data.convert._image_check import structure_problem, verbatim_header
 from sgt_data.errors import ConversionError, SgtDataError, StoreError, WorkerDiedError
 from sgt_data.render import (
@@ -897,29 +898,8 @@ def merge_stores(
         overwrite=overwrite,
         fsync=fsync,
     )
-    total = sum(len(s) for s in stores)
-    flat = [(si, k) for si, s in enumerate(stores) for k in range(len(s))]
-    seen: dict[str, str] = {}
-    for si, k in flat[: writer.items_done]:
-        seen[stores[si].sample_id(k)] = str(parts[si])
-    done = writer.items_done
-    batch: list[SampleRecord] = []
-    for si, k in flat[done:]:
-        rec, _ = stores[si].read_record(k)
-        if rec.sample_id in seen:
-            raise StoreError(
-                f"{parts[si]}: sample id {rec.sample_id!r} also in {seen[rec.sample_id]}"
-            )
-        seen[rec.sample_id] = str(parts[si])
-        batch.append(rec)
-        done += 1
-        if len(batch) == batch_size:
-            writer.write_batch(batch, done)
-            batch = []
-            if progress:
-                progress(done, total)
-    if batch or done != writer.items_done:
-        writer.write_batch(batch, done)
+    # the samples' stored bytes copied, not decoded and encoded again (sgt_data._store_merge)
+    copy_samples(parts, [len(s) for s in stores], writer, batch_size=batch_size, progress=progress)
     sources: list[SourceSpec] = []
     for s in stores:
         sources += [src for src in s.manifest.sources if src not in sources]
