@@ -11,6 +11,7 @@ server, ``~/.aws``) or from ``storage_options`` (fsspec's keyword arguments for 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from typing import Any, Final
 from sgt_data.errors import StoreError
 
 __all__ = ["RemoteSource", "is_url", "local_out", "publish_out", "publish_store"]
+
+_log = logging.getLogger(__name__)
 
 _URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: files of a local store that are not uploaded (the commit journal, staged batches)
@@ -217,7 +220,9 @@ def local_out(out: str, *, overwrite: bool = False) -> str:
                 f"{out}: holds {len(held)} objects already; use another URL or --overwrite"
             )
     digest = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16]
-    return str(Path(tempfile.gettempdir()) / f"sgt-data-publish-{digest}")
+    local = str(Path(tempfile.gettempdir()) / f"sgt-data-publish-{digest}")
+    _log.info("writing %s into %s first; it is uploaded when finished", out, local)
+    return local
 
 
 def publish_out(local: str, out: str, *, overwrite: bool = False) -> None:
