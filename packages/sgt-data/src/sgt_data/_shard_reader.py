@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 _ABSENT: Final = 2**64 - 1
-#: shard indexes kept per array (each 16 bytes per inner chunk: 1-4 KiB)
-_INDEX_CACHE: Final = 1024
+#: shard indexes kept per array (16 bytes per inner chunk: 1-4 KiB each; 8192 cover 512 GiB
+#: of 64 MiB image shards, so that random access over a large store seldom re-reads one)
+_INDEX_CACHE: Final = 8192
 
 
 class ByteSource(Protocol):
