@@ -16,22 +16,31 @@ buffers and a per-record Python path) besides the unavoidable copy and hash.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from sgt_data._shard_reader import DirectArray, LocalSource, ZarrArray, open_array
-from sgt_data._shards import encode_shards, write_file
+from sgt_data._shard_reader import (
+    DirectArray,
+    LocalSource,
+    ZarrArray,
+    open_array,
+    shard_layout_from_metadata,
+)
+from sgt_data._shards import ShardLayout, encode_shards, write_file
 from sgt_data._store_layout import TASK_BITS, FieldSpec
 from sgt_data._store_stage import BatchStager, StagedBatch
 from sgt_data._store_writer import StoreWriter
@@ -39,6 +48,8 @@ from sgt_data.errors import StoreError
 
 __all__ = ["copy_samples"]
 
+#: copy uncompressed samples' bytes file to file in the kernel where the system can
+_COPY = hasattr(os, "copy_file_range")
 #: batches staged ahead of the commit by threads (hashing, reads and writes release the GIL)
 _AHEAD = 2
 
@@ -48,9 +59,14 @@ class _Part:
     """One part store opened for copying: its arrays and its index."""
 
     name: str
+    source: LocalSource
     arrays: dict[str, DirectArray | ZarrArray]
+    #: per field: the encoding of its shard files (None: one this module does not copy)
+    layouts: dict[str, ShardLayout | None]
     rows: NDArray[np.int64]
     col: dict[str, int]
+    #: (field, shard #) -> the shard's (offset, nbytes) rows (None: not copyable)
+    _indexes: dict[tuple[str, int], NDArray[np.uint64] | None] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], fields: Sequence[FieldSpec], n: int) -> _Part:
@@ -62,11 +78,17 @@ class _Part:
             index = open_array(source, "index")
             rows = np.asarray(index.read(0, n, required=True), dtype=np.int64)
             arrays = {f.path: open_array(source, f.path) for f in fields}
+            layouts = {
+                f.path: shard_layout_from_metadata(
+                    json.loads(source.read_bytes(f"{f.path}/zarr.json").decode("utf-8"))
+                )
+                for f in fields
+            }
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise StoreError(f"{name}: cannot be read for the merge: {exc}") from exc
         if rows.shape[0] != n:
             raise StoreError(f"{name}: index holds {rows.shape[0]} samples, manifest says {n}")
-        return cls(name, arrays, rows, {c: i for i, c in enumerate(cols)})
+        return cls(name, source, arrays, layouts, rows, {c: i for i, c in enumerate(cols)})
 
     def read(self, spec: FieldSpec, lo: int, hi: int) -> NDArray[Any]:
         """Elements ``lo:hi`` of a field, as the merged store's dtype."""
@@ -82,6 +104,152 @@ class _Part:
                 f"{self.name}: array {spec.path!r} ends before {hi} (the index points past it)"
             )
         return np.ascontiguousarray(got, dtype=spec.dtype).reshape(-1)
+
+    def _shard_index(self, path: str, shard: int, lay: ShardLayout) -> NDArray[np.uint64] | None:
+        got = self._indexes.get((path, shard), _UNREAD)
+        if got is not _UNREAD:
+            return got
+        size = lay.chunks_per_shard * 16 + 4
+        try:
+            tail = self.source.read_tail(f"{path}/{lay.key(shard)}", size)
+        except OSError:
+            tail = b""
+        idx = None
+        if len(tail) == size and _crc32c(tail[:-4]) == int.from_bytes(tail[-4:], "little"):
+            idx = np.frombuffer(tail[:-4], dtype="<u8").reshape(-1, 2)
+        self._indexes[(path, shard)] = idx
+        return idx
+
+    def pieces(self, spec: FieldSpec, lo: int, hi: int) -> list[_Piece] | None:
+        """Where elements ``lo:hi`` of an uncompressed field lie in the part's shard files, as
+        (file, offset, nbytes) ranges; None where they cannot be copied as bytes (compressed,
+        another encoding than the merged store's, a chunk left as fill value)."""
+        lay = self.layouts[spec.path]
+        if lay is None or lay.zstd_level is not None or lay.ndim != 1:
+            return None
+        isz, chunk = lay.itemsize, lay.chunk
+        out: list[_Piece] = []
+        pos = lo
+        while pos < hi:
+            c = pos // chunk
+            shard, k = divmod(c, lay.chunks_per_shard)
+            idx = self._shard_index(spec.path, shard, lay)
+            if idx is None or int(idx[k, 1]) != chunk * isz or int(idx[k, 0]) == _ABSENT:
+                return None
+            end = min(hi, (c + 1) * chunk)
+            file = self.source.where(f"{spec.path}/{lay.key(shard)}")
+            at, n = int(idx[k, 0]) + (pos - c * chunk) * isz, (end - pos) * isz
+            if out and out[-1][0] == file and out[-1][1] + out[-1][2] == at:
+                out[-1] = (file, out[-1][1], out[-1][2] + n)
+            else:
+                out.append((file, at, n))
+            pos = end
+        return out
+
+
+#: (file, offset, nbytes) of stored bytes in a part's shard file
+_Piece = tuple[str, int, int]
+_UNREAD: Any = object()
+_ABSENT = 2**64 - 1
+#: os.copy_file_range errors that mean "not here" (another file system, not supported): the
+#: bytes are then written from memory
+_NO_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
+
+
+def _crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    return int(google_crc32c.value(data))
+
+
+def _copy_into(fd: int, pieces: Sequence[_Piece], start: int, n: int) -> None:
+    """Copy bytes ``start:start + n`` of the concatenated ``pieces`` to the start of ``fd``
+    inside the kernel (no copy through this process; a reflink where the file system has
+    them)."""
+    pos = 0  # where the current piece starts in the concatenation
+    dst = 0
+    for file, off, size in pieces:
+        a, b = max(start, pos), min(start + n, pos + size)
+        if a < b:
+            src = os.open(file, os.O_RDONLY)
+            try:
+                at, left = off + a - pos, b - a
+                while left:
+                    k = os.copy_file_range(src, fd, left, at, dst)
+                    if k == 0:
+                        raise StoreError(f"{file}: shard is truncated (at byte {at})")
+                    at, dst, left = at + k, dst + k, left - k
+            finally:
+                os.close(src)
+        pos += size
+
+
+def _write_copied(
+    out: Path, fi: int, pieces: Sequence[_Piece], spec: FieldSpec, layout: ShardLayout, sync: bool
+) -> int | None:
+    """The staged shard files of one field copied from the parts' files (the samples' bytes)
+    and encoded (padding, index): byte-identical to :func:`encode_shards` of the same bytes.
+    The number of files, or None where the file system cannot copy (write from memory then)."""
+    total = sum(p[2] for p in pieces)
+    shard_bytes = layout.shard * layout.itemsize
+    files = 0
+    for s0 in range(0, total, shard_bytes):
+        n = min(shard_bytes, total - s0)
+        # the shard's trailer (padding of its last chunk, index, checksum), as encode_shards
+        # writes it after n bytes of data: the data itself is the copied bytes
+        # (the data is pages of an anonymous mapping that nothing touches)
+        zeros = np.frombuffer(mmap.mmap(-1, n), dtype=spec.dtype)
+        (bufs,) = encode_shards(zeros, layout)
+        fd = os.open(out / f"{fi}.{files}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            try:
+                _copy_into(fd, pieces, s0, n)
+            except OSError as exc:
+                if exc.errno in _NO_COPY:
+                    return None
+                raise
+            at = n
+            for buf in bufs[1:]:
+                view = memoryview(buf).cast("B")
+                while view.nbytes:
+                    k = os.pwrite(fd, view, at)
+                    view, at = view[k:], at + k
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        files += 1
+    return files
+
+
+def _stage_copied(
+    files: _Files,
+    runs: Sequence[_Run],
+    spec: FieldSpec,
+    layout: ShardLayout | None,
+    out: Path,
+    fi: int,
+    sync: bool,
+) -> tuple[bytes, int] | None:
+    """Stage a field's samples by copying their bytes from the parts' shard files, hashing them
+    where they lie: (the samples' digests, shard files), or None where the field's bytes cannot
+    be copied (compressed, encoded otherwise than the merged store's, no kernel copy here)."""
+    if not (_COPY and runs and layout is not None and layout.zstd_level is None):
+        return None
+    if spec.path == "meta":  # read: the records give the sample ids
+        return None
+    pieces: list[_Piece] = []
+    sums: list[bytes] = []
+    for run in runs:
+        if run.part.layouts[spec.path] != layout:
+            return None
+        got = run.part.pieces(spec, run.lo, run.hi)
+        if got is None:
+            return None
+        sums += _hash_pieces(files, got, run.samples(), layout.itemsize)
+        pieces += got
+    n = _write_copied(out, fi, pieces, spec, layout, sync)
+    return None if n is None else (b"".join(sums), n)
 
 
 @dataclass
@@ -186,15 +354,88 @@ def _sample_id(p: _Part, k: int, block: NDArray[np.uint8], at: int, n: int) -> s
         raise StoreError(f"{p.name}: sample {k} has no readable metadata record: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Present samples ``first:last`` (in a segment starting at part sample ``base``) stored one
+    after the other at elements ``lo:hi`` of a part's field."""
+
+    part: _Part
+    base: int
+    first: int
+    last: int
+    lo: int
+    hi: int
+    offs: NDArray[np.int64]
+    lens: NDArray[np.int64]
+
+    def samples(self) -> list[tuple[int, int, int]]:
+        """(sample # in the part, element offset in the run, length) of its present samples."""
+        return [
+            (self.base + k, int(self.offs[k]) - self.lo, int(self.lens[k]))
+            for k in range(self.first, self.last)
+            if self.lens[k] > 0
+        ]
+
+
+class _Files:
+    """The parts' shard files mapped read-only, for hashing their bytes where they lie."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, mmap.mmap] = {}
+
+    def view(self, piece: _Piece) -> memoryview:
+        file, off, n = piece
+        m = self._maps.get(file)
+        if m is None:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except ValueError as exc:  # an empty file
+                raise StoreError(f"{file}: shard cannot be mapped: {exc}") from exc
+            finally:
+                os.close(fd)
+            self._maps[file] = m
+        if off + n > len(m):
+            raise StoreError(f"{file}: shard is truncated ({len(m)} bytes, data to {off + n})")
+        return memoryview(m)[off : off + n]
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            with contextlib.suppress(BufferError):  # a view still held: freed with it
+                m.close()
+        self._maps.clear()
+
+
+def _hash_pieces(
+    files: _Files, pieces: Sequence[_Piece], samples: Sequence[tuple[int, int, int]], isz: int
+) -> list[bytes]:
+    """The sha256 of each sample (element offset and length in the run whose bytes ``pieces``
+    hold, in order), hashed where the bytes lie in the parts' files."""
+    out: list[bytes] = []
+    pi, pstart = 0, 0  # the piece the next sample starts in and its byte offset in the run
+    for _, at, n in samples:
+        a, b = at * isz, (at + n) * isz
+        while pstart + pieces[pi][2] <= a:
+            pstart += pieces[pi][2]
+            pi += 1
+        h = hashlib.sha256()
+        k, kstart = pi, pstart
+        while kstart < b:
+            file, off, size = pieces[k]
+            lo, hi = max(a, kstart) - kstart, min(b, kstart + size) - kstart
+            h.update(files.view((file, off + lo, hi - lo)))
+            kstart += size
+            k += 1
+        out.append(h.digest())
+    return out
+
+
 def _stage(reader: _Reader, stager: BatchStager, lo: int, hi: int) -> _Batch:
     """Read flat samples ``lo:hi`` from the parts and stage them as one batch of the output."""
     fields = stager.fields
     nf = len(fields)
     rows = np.zeros((hi - lo, 4 + nf), dtype=np.int64)
-    blocks: list[list[NDArray[Any]]] = [[] for _ in fields]
-    digests: list[list[bytes]] = [[] for _ in fields]
-    ids: list[str] = []
-    where: list[str] = []
+    runs: list[list[_Run]] = [[] for _ in fields]
     r = 0
     for p, a, b in reader.segments(lo, hi):
         sub = p.rows[a:b]
@@ -208,37 +449,51 @@ def _stage(reader: _Reader, stager: BatchStager, lo: int, hi: int) -> _Batch:
             lens = sub[:, p.col[f"{spec.path}.length"]]
             rows[r : r + n, 4 + fi] = lens
             for first, last, elo, ehi in _runs(offs, lens):
-                block = p.read(spec, elo, ehi)
-                blocks[fi].append(block)
-                for k in range(first, last):
-                    if lens[k] == 0:
-                        continue
-                    at, ln = int(offs[k]) - elo, int(lens[k])
-                    digests[fi].append(hashlib.sha256(block[at : at + ln].data).digest())
-                    if spec.path == "meta":
-                        ids.append(_sample_id(p, a + k, block, at, ln))
-                        where.append(p.name)
+                runs[fi].append(_Run(p, a, first, last, elo, ehi, offs, lens))
         r += n
     out = Path(stager.root) / f"merge-{lo}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    digests: list[bytes] = []
     shards: list[int] = []
-    for fi, layout in enumerate(stager.layouts):
-        if not blocks[fi]:
-            shards.append(0)
-        elif layout is None:
-            np.save(out / f"{fi}.npy", np.concatenate(blocks[fi]))
-            shards.append(-1)
-        else:
-            files = encode_shards(blocks[fi], layout)
-            for k, bufs in enumerate(files):
-                write_file(out / f"{fi}.{k}", bufs, sync=stager.sync)
-            shards.append(len(files))
+    ids: list[str] = []
+    where: list[str] = []
+    files = _Files()
+    try:
+        for fi, (spec, layout) in enumerate(zip(fields, stager.layouts, strict=True)):
+            got = _stage_copied(files, runs[fi], spec, layout, out, fi, stager.sync)
+            if got is not None:
+                digests.append(got[0])
+                shards.append(got[1])
+                continue
+            blocks: list[NDArray[Any]] = []
+            sums: list[bytes] = []
+            for run in runs[fi]:
+                block = run.part.read(spec, run.lo, run.hi)
+                blocks.append(block)
+                for k, at, n in run.samples():
+                    sums.append(hashlib.sha256(block[at : at + n].data).digest())
+                    if spec.path == "meta":
+                        ids.append(_sample_id(run.part, k, block, at, n))
+                        where.append(run.part.name)
+            digests.append(b"".join(sums))
+            if not blocks:
+                shards.append(0)
+            elif layout is None:
+                np.save(out / f"{fi}.npy", np.concatenate(blocks))
+                shards.append(-1)
+            else:
+                encoded = encode_shards(blocks, layout)
+                for k, bufs in enumerate(encoded):
+                    write_file(out / f"{fi}.{k}", bufs, sync=stager.sync)
+                shards.append(len(encoded))
+    finally:
+        files.close()
     staged = StagedBatch(
         str(out),
         rows,
-        tuple(b"".join(d) for d in digests),
+        tuple(digests),
         tuple(shards),
         _task_counts(rows[:, 2]),
     )
