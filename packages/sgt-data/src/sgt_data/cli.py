@@ -63,6 +63,18 @@ def _add_common(p: argparse.ArgumentParser, targets: bool = True) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where items are converted: worker processes here (default), or one Ray task per "
+        "shard over a cluster, with --workers processes each (pip install 'sgt-data[ray]')",
+    )
+    p.add_argument(
+        "--address",
+        help="with --engine ray: the Ray cluster to join (auto, or HOST:PORT; default: start "
+        "one on this machine)",
+    )
+    p.add_argument(
         "--shard", default="0/1", help="convert only block i of N of the items, e.g. 3/16"
     )
     p.add_argument(
@@ -266,11 +278,20 @@ def _convert(args: argparse.Namespace) -> int:
 
     out = local_out(args.out, overwrite=args.overwrite)  # a URL: converted locally, then uploaded
     bar = _Bar(not args.no_progress, f"convert {args.format}")
+    merge_bar = _Bar(not args.no_progress, "merge parts")
+    engine = None
+    if args.engine == "ray":
+        from sgt_data.engines import RayEngine
+
+        engine = RayEngine(args.address, workers=args.workers, merge_progress=merge_bar)
+    elif args.address is not None:
+        raise ValueError("--address is for --engine ray")
     try:
         m = run_conversion(
             conv,
             out,
-            workers=args.workers,
+            workers=args.workers if engine is None else 1,
+            engine=engine,
             shard=parse_shard(args.shard),
             batch_size=args.batch_size,
             skip_bad=args.skip_bad,
@@ -280,6 +301,7 @@ def _convert(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+        merge_bar.close()
     publish_out(out, args.out, overwrite=args.overwrite)
     print(f"{args.out}: {m.num_samples} samples, {len(m.skipped)} skipped")
     return 0
