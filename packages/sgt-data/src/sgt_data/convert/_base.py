@@ -23,7 +23,8 @@ from sgt_data.convert._image_check import structure_problem, verbatim_header
 from sgt_data.convert._inputs import file_sha256, load_json, read_json_records, scalar_metadata
 from sgt_data.convert._pool import _process as _process
 from sgt_data.convert._runner import ConvertJob, merge_stores, parse_shard
-from sgt_data.convert._runner import no_cyclic_gc as _no_cyclic_gc  # noqa: F401 (bench_convert)
+from sgt_data.convert._runner import created_by as _created_by  # noqa: F401
+from sgt_data.convert._runner import no_cyclic_gc as _no_cyclic_gc  # noqa: F401
 from sgt_data.errors import ConversionError, SgtDataError
 from sgt_data.render import (
     DepthRenderer,
