@@ -262,3 +262,38 @@ def test_a_damaged_part_is_named_and_nothing_committed_is_lost(
     assert "'image'" in text
     # samples 0-3 (batches of 2) came before the damage
     assert json.loads((out / JOURNAL_FILE).read_text())["items_done"] == 4
+
+
+@pytest.mark.parametrize("how", ["copied", "no copy_file_range", "another file system"])
+def test_the_bytes_are_the_same_however_they_are_copied(
+    how: str, sa1b: Converter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images and label frames are copied file to file in the kernel where it can; written
+    from memory where it cannot (no ``copy_file_range``, or EXDEV): the same bytes each way."""
+    import errno
+    import os
+
+    from sgt_data import _store_merge
+
+    parts = _parts(sa1b, tmp_path, 3, 2)
+    one = tmp_path / "one"
+    run_conversion(sa1b, one, batch_size=2)
+    real = getattr(os, "copy_file_range", None)
+    calls: list[int] = []
+
+    def counted(*args: Any) -> int:
+        if how == "another file system":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        assert real is not None
+        calls.append(1)
+        return int(real(*args))
+
+    if how == "no copy_file_range":
+        monkeypatch.setattr(_store_merge, "_COPY", False)
+    elif real is None:
+        pytest.skip("no os.copy_file_range on this system")
+    else:
+        monkeypatch.setattr(os, "copy_file_range", counted)
+    merge_stores(parts, tmp_path / "merged", batch_size=2)
+    _assert_same_store(tmp_path / "merged", one)
+    assert bool(calls) == (how == "copied")

@@ -23,6 +23,7 @@ import json
 import mmap
 import os
 import shutil
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,8 +51,9 @@ __all__ = ["copy_samples"]
 
 #: copy uncompressed samples' bytes file to file in the kernel where the system can
 _COPY = hasattr(os, "copy_file_range")
-#: batches staged ahead of the commit by threads (hashing, reads and writes release the GIL)
-_AHEAD = 2
+#: threads staging batches while the caller's thread commits them in order (hashing, mapping
+#: and copying release the GIL, so they run on as many cores)
+_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -67,6 +69,8 @@ class _Part:
     col: dict[str, int]
     #: (field, shard #) -> the shard's (offset, nbytes) rows (None: not copyable)
     _indexes: dict[tuple[str, int], NDArray[np.uint64] | None] = field(default_factory=dict)
+    #: the arrays' readers keep caches: one staging thread at a time reads through them
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], fields: Sequence[FieldSpec], n: int) -> _Part:
@@ -93,7 +97,8 @@ class _Part:
     def read(self, spec: FieldSpec, lo: int, hi: int) -> NDArray[Any]:
         """Elements ``lo:hi`` of a field, as the merged store's dtype."""
         try:
-            got = self.arrays[spec.path].read(lo, hi, required=True)
+            with self._lock:
+                got = self.arrays[spec.path].read(lo, hi, required=True)
         except (OSError, ValueError, RuntimeError, StoreError) as exc:
             raise StoreError(
                 f"{self.name}: array {spec.path!r} cannot be read at {lo}:{hi}: "
@@ -106,9 +111,8 @@ class _Part:
         return np.ascontiguousarray(got, dtype=spec.dtype).reshape(-1)
 
     def _shard_index(self, path: str, shard: int, lay: ShardLayout) -> NDArray[np.uint64] | None:
-        got = self._indexes.get((path, shard), _UNREAD)
-        if got is not _UNREAD:
-            return got
+        if (path, shard) in self._indexes:
+            return self._indexes[(path, shard)]
         size = lay.chunks_per_shard * 16 + 4
         try:
             tail = self.source.read_tail(f"{path}/{lay.key(shard)}", size)
@@ -149,7 +153,6 @@ class _Part:
 
 #: (file, offset, nbytes) of stored bytes in a part's shard file
 _Piece = tuple[str, int, int]
-_UNREAD: Any = object()
 _ABSENT = 2**64 - 1
 #: os.copy_file_range errors that mean "not here" (another file system, not supported): the
 #: bytes are then written from memory
@@ -309,15 +312,18 @@ class _Reader:
         self._fields = tuple(fields)
         self._starts = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64).tolist()
         self._open: dict[int, _Part] = {}
+        self._lock = threading.Lock()
 
     def _part(self, pi: int) -> _Part:
-        got = self._open.get(pi)
-        if got is None:
-            for k in [k for k in self._open if k < pi]:  # read in order: done with those
-                del self._open[k]
-            got = _Part.open(self._parts[pi], self._fields, self._sizes[pi])
-            self._open[pi] = got
-        return got
+        with self._lock:
+            got = self._open.get(pi)
+            if got is None:
+                # batches are staged about in order: done with the parts two before
+                for k in [k for k in self._open if k < pi - 1]:
+                    del self._open[k]
+                got = _Part.open(self._parts[pi], self._fields, self._sizes[pi])
+                self._open[pi] = got
+            return got
 
     def segments(self, lo: int, hi: int) -> list[tuple[_Part, int, int]]:
         """Flat samples ``lo:hi`` as (part, first, last + 1) in the parts' own numbering."""
@@ -523,14 +529,13 @@ def copy_samples(
         seen.update(zip(ids, where, strict=True))
     bounds = [(lo, min(lo + batch_size, total)) for lo in range(done, total, batch_size)]
     stager = writer.stager
-    # the next batches are read, hashed and written by a thread while this one commits
-    # (one thread: the parts' readers are used by one thread at a time)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # the next batches are read, hashed and written by threads while this one commits
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         pending: deque[Future[_Batch]] = deque()
         ahead = iter(bounds)
         try:
             for lo, hi in bounds:
-                while len(pending) <= _AHEAD and (b := next(ahead, None)) is not None:
+                while len(pending) <= _THREADS and (b := next(ahead, None)) is not None:
                     pending.append(pool.submit(_stage, reader, stager, *b))
                 batch = pending.popleft().result()
                 for sid, part in zip(batch.ids, batch.where, strict=True):
