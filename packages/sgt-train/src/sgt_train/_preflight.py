@@ -208,6 +208,7 @@ def check_data(config: RunConfig, world_size: int = 1) -> DataCheck:
     from sgt_data.datasets import SourceDataset
     from sgt_data.errors import SgtDataError
     from sgt_data.mixing import MixtureSampler
+    from sgt_data.remote import is_url
     from sgt_data.store import SampleStore
 
     check = DataCheck(world_size=world_size)
@@ -223,7 +224,12 @@ def check_data(config: RunConfig, world_size: int = 1) -> DataCheck:
         ]
         where = f"store {source.store} ({', '.join(users)})"
         root = Path(source.store)
-        if not root.exists():
+        if is_url(source.store):
+            try:  # object storage: no local checks, the store's manifest says what it is
+                readers[source.store] = SampleStore.open(source.store)
+            except SgtDataError as exc:
+                unusable[source.store] = f"{where}: {exc}"
+        elif not root.exists():
             unusable[source.store] = (
                 f"{where} does not exist (relative paths start at {Path.cwd()}); write it with "
                 "`sgt-data convert ...` or point the source at an existing store"
