@@ -20,7 +20,13 @@ from numpy.typing import NDArray
 
 from sgt_data._palette import DEFAULT_MAX_INSTANCES, DEFAULT_NUM_CLASSES
 from sgt_data.convert._image_check import structure_problem, verbatim_header
-from sgt_data.convert._inputs import file_sha256, load_json, read_json_records, scalar_metadata
+from sgt_data.convert._inputs import (
+    file_sha256,
+    load_json,
+    read_depth_map,
+    read_json_records,
+    scalar_metadata,
+)
 from sgt_data.convert._pool import _process as _process
 from sgt_data.convert._runner import ConvertJob, merge_stores, parse_shard
 from sgt_data.convert._runner import created_by as _created_by  # noqa: F401
@@ -352,39 +358,7 @@ class Converter(abc.ABC):
             assert rgb is not None
             return depth_from_model(rgb, self.opts.depth_model)
         assert self.opts.depth_dir is not None
-        base = Path(self.opts.depth_dir) / image_path.stem
-        npy, png = base.with_suffix(".npy"), base.with_suffix(".png")
-        if npy.exists():
-            try:
-                depth = np.load(npy).astype(np.float32)
-            except (OSError, ValueError) as exc:
-                raise ConversionError(
-                    str(npy), item.item_id, f"unreadable depth map: {exc}"
-                ) from exc
-            src = npy
-        elif png.exists():
-            from PIL import Image
-
-            try:
-                with Image.open(png) as im:
-                    depth = np.asarray(im, dtype=np.float32) / 1000.0  # 16-bit PNG in millimetres
-            except OSError as exc:
-                raise ConversionError(
-                    str(png), item.item_id, f"unreadable depth map: {exc}"
-                ) from exc
-            src = png
-        else:
-            raise ConversionError(
-                str(npy), item.item_id, "no depth map (.npy or .png) for this image"
-            )
-        if depth.shape != hw:
-            raise ConversionError(
-                str(src),
-                item.item_id,
-                f"depth map is {depth.shape[0]}x{depth.shape[1]}, image is {hw[0]}x{hw[1]}",
-            )
-        out: NDArray[np.float32] = depth
-        return out
+        return read_depth_map(self.opts.depth_dir, image_path, item.item_id, hw)
 
 
 class AnnotationFileConverter(Converter):

@@ -1,4 +1,5 @@
-"""Reading conversion inputs: annotation JSON and JSONL files, record metadata, file digests."""
+"""Reading conversion inputs: annotation JSON and JSONL files, record metadata, depth maps,
+file digests."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from sgt_data.errors import ConversionError
 
-__all__ = ["file_sha256", "load_json", "read_json_records", "scalar_metadata"]
+__all__ = [
+    "file_sha256",
+    "load_json",
+    "read_depth_map",
+    "read_json_records",
+    "scalar_metadata",
+]
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -78,3 +88,37 @@ def scalar_metadata(
         for k, v in values.items()
         if isinstance(v, (str, int, float, bool)) and k not in reserved
     }
+
+
+def read_depth_map(
+    depth_dir: str, image_path: Path, item_id: str, hw: tuple[int, int]
+) -> NDArray[np.float32]:
+    """The depth map (metres) of an image from ``depth_dir``: ``<image stem>.npy`` in metres or
+    ``.png`` in 16-bit millimetres, of the image's ``hw``."""
+    base = Path(depth_dir) / image_path.stem
+    npy, png = base.with_suffix(".npy"), base.with_suffix(".png")
+    if npy.exists():
+        try:
+            depth = np.load(npy).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise ConversionError(str(npy), item_id, f"unreadable depth map: {exc}") from exc
+        src = npy
+    elif png.exists():
+        from PIL import Image
+
+        try:
+            with Image.open(png) as im:
+                depth = np.asarray(im, dtype=np.float32) / 1000.0  # 16-bit PNG in millimetres
+        except OSError as exc:
+            raise ConversionError(str(png), item_id, f"unreadable depth map: {exc}") from exc
+        src = png
+    else:
+        raise ConversionError(str(npy), item_id, "no depth map (.npy or .png) for this image")
+    if depth.shape != hw:
+        raise ConversionError(
+            str(src),
+            item_id,
+            f"depth map is {depth.shape[0]}x{depth.shape[1]}, image is {hw[0]}x{hw[1]}",
+        )
+    out: NDArray[np.float32] = depth
+    return out
