@@ -158,7 +158,9 @@ class WorldSpec(_Strict):
 class EvaluationSpec(_Strict):
     """How a finished run is evaluated on the held-out scenes (``demo.evaluation``)."""
 
-    max_questions: int | None = Field(default=240, ge=1)
+    max_questions: int | None = Field(
+        default=None, ge=1, description="None: every held-out question (400+ per benchmark)"
+    )
     max_prompts: int | None = Field(default=60, ge=0)
     seg_images: int = Field(default=32, ge=1)
     batch_size: int = Field(default=8, ge=1)
@@ -444,24 +446,14 @@ def _build_world(sweep: SweepFile, out: Path) -> DemoStores:
         return DemoStores(
             world=world, scenes=Path(stores["scenes"]), vqa=Path(stores["vqa"]),
             t2i=Path(stores["t2i"]), eval_semantic=Path(stores["eval_semantic"]), manifests={},
+            edge=Path(stores["edge"]) if sweep.world.edge else None,
         )  # fmt: skip
     spec = sweep.world
     built = build_stores(
         folder, num_train=spec.num_train, num_eval=spec.num_eval, seed=spec.seed,
         config=SceneConfig(height=spec.image_size, width=spec.image_size, **spec.scene),
+        edge=spec.edge,
     )  # fmt: skip
-    if spec.edge:  # the demo's stores have no edge targets: one more conversion of the train split
-        from sgt_data.convert import CocoInstancesConverter, ConvertOptions, run_conversion
-        from sgt_train.demo.stores import NUM_SCENE_CLASSES
-
-        options = ConvertOptions(
-            name="scenes-train-edge", edge=True, reconstruction=False, seed=spec.seed,
-            num_classes=NUM_SCENE_CLASSES,
-        )  # fmt: skip
-        converter = CocoInstancesConverter(
-            built.world.train.instances, built.world.train.images, options
-        )
-        run_conversion(converter, Path(_store_paths(folder)["edge"]), overwrite=True)
     record = {"world": wanted, "paths": dataclasses.asdict(built.world)}
     _write_atomic(marker, json.dumps(record, default=str) + "\n")
     return built
