@@ -258,3 +258,16 @@ def test_engine_ray_without_ray_is_a_one_line_error(
     assert res.stderr.strip().count("\n") == 0, res.stderr
     assert "pip install 'sgt-data[ray]'" in res.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_options_that_do_not_go_with_the_engine_are_refused(
+    coco: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ann, images = coco
+    argv = ["convert", "coco", "--annotations", str(ann), "--images", str(images)]
+    argv += ["--out", str(tmp_path / "store"), "--no-progress"]
+    assert main([*argv, "--engine", "ray", "--shard", "1/2"]) == 2
+    assert "--engine ray makes the shards itself" in capsys.readouterr().err
+    assert main([*argv, "--address", "auto"]) == 2
+    assert "--address is for --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
