@@ -139,15 +139,21 @@ class _DiesOnce(CocoInstancesConverter):
         return super().process(item)
 
 
-def test_a_task_killed_mid_shard_is_retried_and_the_store_is_the_same(
-    coco: tuple[Path, Path], coco_local: Path, tmp_path: Path
-) -> None:
+def _dies_once(coco: tuple[Path, Path], tmp_path: Path) -> _DiesOnce:
+    """A converter whose first attempt at shard 1 of 2 (items 4..8) dies on its fourth item,
+    after committing one batch of two."""
     conv = _DiesOnce(*coco, ConvertOptions(name="c"))
     items, _ = conv.list_items()
-    # shard 1 of 2 is items 4..8: it dies on its fourth item, after committing one batch
     conv.die_at = items[7].item_id
     conv.marker = str(tmp_path / "die-once")
     Path(conv.marker).touch()
+    return conv
+
+
+def test_a_task_killed_mid_shard_is_retried_and_the_store_is_the_same(
+    coco: tuple[Path, Path], coco_local: Path, tmp_path: Path
+) -> None:
+    conv = _dies_once(coco, tmp_path)
     out = tmp_path / "store"
     run_conversion(conv, out, batch_size=2, engine=RayEngine(shards=2, max_retries=2))
     assert not Path(conv.marker).exists()  # the first attempt did die
@@ -157,16 +163,13 @@ def test_a_task_killed_mid_shard_is_retried_and_the_store_is_the_same(
 def test_a_task_that_keeps_dying_stops_the_run_and_it_resumes(
     coco: tuple[Path, Path], coco_local: Path, tmp_path: Path
 ) -> None:
-    conv = _DiesOnce(*coco, ConvertOptions(name="c"))
-    items, _ = conv.list_items()
-    conv.die_at = items[7].item_id
-    conv.marker = str(tmp_path / "die-once")
-    Path(conv.marker).touch()
+    conv = _dies_once(coco, tmp_path)
     out = tmp_path / "store"
     with pytest.raises(Exception, match=r"shard 1/2: its Ray task ended without a result"):
         run_conversion(conv, out, batch_size=2, engine=RayEngine(shards=2, max_retries=0))
     parts = out.with_name("store.parts")
-    assert (parts / "part-00001-of-00002" / "_sgt_progress.json").exists()
+    journal = json.loads((parts / "part-00001-of-00002" / "_sgt_progress.json").read_text())
+    assert journal["items_done"] == 2  # the dead attempt committed one batch: resumed from it
     run_conversion(conv, out, batch_size=2, engine=RayEngine(shards=2))  # marker gone: lives
     _assert_same_store(out, coco_local)
 
