@@ -34,7 +34,7 @@ __all__ = [
     "select_shard",
 ]
 
-_log = logging.getLogger("sgt_data.convert._base")
+_log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 

@@ -53,8 +53,8 @@ PLAN_FILE = "plan.json"
 
 
 def _ray() -> Any:
-    try:
-        import ray
+    try:  # (the extra may be missing where the package is type-checked too)
+        import ray  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         raise SgtDataError(
             "--engine ray needs Ray, which is not installed: pip install 'sgt-data[ray]'"
