@@ -14,17 +14,21 @@ worker = one core):
 
 each at two input sizes ``n1 < n2``, split by the conversion's progress callbacks into listing
 (+ opening the store), the per-image work (convert, stage, commit) and the manifest; a merge of
-part stores (the ``--shard i/N`` outputs) at both sizes; SA-1B's listing (a glob and a peek into
-every JSON file: a few ms over 64 files) timed on its own over 256 and 2048 files (links to the
-generated ones). Every part is fitted as
-``fixed + per_image * n`` from the two sizes (best of ``REPEATS``), and a fresh process's
-start-up (interpreter, imports, compiled-kernel cache loads) is measured once.
+part stores (the ``--shard i/N`` outputs) at both sizes, beside the record-by-record merge it
+replaced (every record read back and written again through ``StoreWriter.write_batch``, the
+reference for the merge's speed-up, measured on the same parts in the same process); SA-1B's
+listing (a glob and a peek into every JSON file: a few ms over 64 files) timed on its own over
+256 and 2048 files (links to the generated ones). Every part is fitted as
+``fixed + per_image * n`` from the two sizes (best of ``REPEATS``; merges best of ``REPEATS`` x
+``MERGE_REPEATS``), and a fresh process's start-up (interpreter, imports, compiled-kernel cache
+loads) is measured once.
 
 The projection (Amdahl's law with the measured serial part), for ``n`` images on ``N`` cores:
 each core converts one of ``N`` shards; the serial part ``S(n)`` is what no core count shortens:
 one shard's start-up and listing (every shard lists the whole input, as ``--shard i/N`` does) +
-the merge of the ``N`` parts (``merge_stores`` reads and writes every sample in one process) +
-the manifest; the parallel part is ``P(n) = n * t_image``::
+the merge of the ``N`` parts (``merge_stores`` copies every sample's stored bytes and hashes them;
+all its CPU-seconds count as serial, those of its staging threads too, although on a node with
+several cores they run side by side) + the manifest; the parallel part is ``P(n) = n * t_image``::
 
     T1 = S(n) + P(n);  s = S(n) / T1;  wall(N) = T1 * (s + (1 - s) / N);
     core-hours(N) = N * wall(N) / 3600   (every core held for the whole run)
@@ -73,6 +77,7 @@ from sgt_data.convert import (
     run_conversion,
 )
 from sgt_data.convert.example import voc_example, write_voc_coco
+from sgt_data.store import SampleStore, StoreWriter
 
 REPEATS = int(os.environ.get("SGT_BENCH_SCALE_REPEATS", "3"))
 #: input sizes (images) the linear fits run through: COCO 2 and 8 batches of 64, SA-1B 2 and 8
@@ -86,6 +91,8 @@ SA1B_MASKS = 100
 SA1B_LISTING_SIZES = (256, 2048)
 #: part stores merged at each size (as ``--shard i/N`` writes them)
 MERGE_PARTS = 4
+#: merges (and reference merges) of the same parts per repeat: the best of REPEATS x this
+MERGE_REPEATS = 3
 CORES = (16, 64, 256, 1024)
 
 #: the whole datasets the table projects to: (images, instances)
@@ -137,11 +144,39 @@ def _convert(conv: Converter, out: Path, batch: int, shard: tuple[int, int] = (0
     return Phases(marks[0] - c0, marks[-1] - marks[0], c1 - marks[-1], wall)
 
 
-def _merge(parts: list[Path], out: Path, batch: int) -> float:
+def _merge(parts: list[Path], out: Path, batch: int, records: bool = False) -> float:
     shutil.rmtree(out, ignore_errors=True)
     c0 = time.process_time()
-    merge_stores(parts, out, batch_size=batch)
+    (_record_merge if records else merge_stores)(parts, out, batch_size=batch)
     return time.process_time() - c0
+
+
+def _record_merge(parts: list[Path], out: Path, batch_size: int) -> None:
+    """The reference: every record read back (``read_record``) and written again in batches."""
+    stores = [SampleStore.open(p) for p in parts]
+    writer = StoreWriter.open(
+        out,
+        name=stores[0].name,
+        fields=stores[0].fields,
+        batch_size=batch_size,
+        fingerprint={"records": [str(p) for p in parts]},
+    )
+    batch, done = [], 0
+    for s in stores:
+        for k in range(len(s)):
+            batch.append(s.read_record(k)[0])
+            done += 1
+            if len(batch) == batch_size:
+                writer.write_batch(batch, done)
+                batch = []
+    if batch:
+        writer.write_batch(batch, done)
+    writer.finish(
+        created_by="bench",
+        sources=[],
+        renderers=stores[0].manifest.renderers,
+        palette_seed=stores[0].manifest.palette_seed,
+    )
 
 
 def _write_sa1b(root: Path, n: int) -> Path:
@@ -194,6 +229,7 @@ class Model:
     work: Line
     manifest: Line
     merge: Line
+    merge_records: Line  # the record-by-record reference merge
     startup: float
     wall_per_cpu: float  # measured wall / CPU of the conversions (>1: the machine is shared)
     read_bytes: float  # input bytes per image (annotation + image files)
@@ -246,6 +282,7 @@ def _measure(
 ) -> Model:
     phases: dict[int, list[Phases]] = {n: [] for n in sizes}
     merges: dict[int, list[float]] = {n: [] for n in sizes}
+    record_merges: dict[int, list[float]] = {n: [] for n in sizes}
     for _ in range(REPEATS):  # interleaved, so that other load hits both sizes alike
         for n in sizes:
             conv = make_conv(n)
@@ -253,7 +290,9 @@ def _measure(
             parts = [root / f"part{n}-{i}" for i in range(MERGE_PARTS)]
             for i, part in enumerate(parts):
                 _convert(conv, part, batch, (i, MERGE_PARTS))
-            merges[n].append(_merge(parts, root / f"merged{n}", batch))
+            for _ in range(MERGE_REPEATS):  # cheap beside the conversions: more tries
+                merges[n].append(_merge(parts, root / f"merged{n}", batch))
+                record_merges[n].append(_merge(parts, root / f"records{n}", batch, records=True))
     n1, n2 = sizes
 
     def fit(get: Callable[[Phases], float]) -> Line:
@@ -269,6 +308,7 @@ def _measure(
         work=fit(lambda p: p.work),
         manifest=fit(lambda p: p.manifest),
         merge=Line.through(n1, min(merges[n1]), n2, min(merges[n2])),
+        merge_records=Line.through(n1, min(record_merges[n1]), n2, min(record_merges[n2])),
         startup=startup,
         wall_per_cpu=wall / cpu,
         read_bytes=read,
@@ -323,7 +363,9 @@ def _report(model: Model, n_images: int, n_masks: int, label: str) -> None:
         "  serial parts, CPU-s = fixed + per image x n: "
         f"listing + open {model.listing.fixed:.3f} + {model.listing.per_image * 1e3:.3f} ms x n; "
         f"merge of {MERGE_PARTS} parts {model.merge.fixed:.3f} + "
-        f"{model.merge.per_image * 1e3:.3f} ms x n; "
+        f"{model.merge.per_image * 1e3:.3f} ms x n (record by record "
+        f"{model.merge_records.fixed:.3f} + {model.merge_records.per_image * 1e3:.3f} ms x n: "
+        f"{model.merge_records.per_image / model.merge.per_image:.1f}x per image); "
         f"manifest {model.manifest.fixed:.3f} + {model.manifest.per_image * 1e3:.4f} ms x n; "
         f"per-shard fixed work {model.work.fixed:.3f}; fresh-process start-up {model.startup:.2f}"
     )
