@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,55 @@ def test_the_bytes_are_the_same_however_they_are_copied(
     merge_stores(parts, tmp_path / "merged", batch_size=2)
     _assert_same_store(tmp_path / "merged", one)
     assert bool(calls) == (how == "copied")
+
+
+def test_batches_of_items_with_skipped_ones_give_the_single_conversion(
+    sa1b: Converter, tmp_path: Path
+) -> None:
+    """``copy_batches`` (what an engine merging its shards' parts uses): batches of input items,
+    some skipped by ``--skip-bad`` in their shard, committed with their skipped items, give the
+    single ``--skip-bad`` conversion's arrays byte for byte."""
+    from sgt_data._store_merge import Batch, copy_batches
+
+    src = Path(sa1b.source(0).path)
+    folder = tmp_path / "sa"
+    shutil.copytree(src, folder)
+    rec = json.loads((folder / "sa_3.json").read_text())
+    rec["annotations"][0]["segmentation"]["counts"] = "not an RLE string"
+    (folder / "sa_3.json").write_text(json.dumps(rec))
+    conv = Sa1bConverter(folder, ConvertOptions(name="sa"))
+    one = tmp_path / "one"
+    m_one = run_conversion(conv, one, batch_size=2, skip_bad=True)
+    assert [s.item_id for s in m_one.skipped] == ["sa_3"]
+    parts = [tmp_path / f"part{i}" for i in range(2)]
+    skipped = {}
+    for i, p in enumerate(parts):
+        m = run_conversion(conv, p, batch_size=2, shard=(i, 2), skip_bad=True)
+        skipped.update({s.item_id: s for s in m.skipped})
+    items, _ = conv.list_items()
+    batches, pos = [], 0
+    for lo in range(0, len(items), 2):
+        block = items[lo : lo + 2]
+        gone = tuple(skipped[it.item_id] for it in block if it.item_id in skipped)
+        n = len(block) - len(gone)
+        batches.append(Batch(pos, pos + n, lo + len(block), gone))
+        pos += n
+    store = SampleStore.open(one)
+    out = tmp_path / "merged"
+    writer = StoreWriter.open(
+        out, name="sa", fields=store.fields, batch_size=2, fingerprint={"test": 1}
+    )
+    sizes = [len(SampleStore.open(p)) for p in parts]
+    seen: list[int] = []
+    copy_batches(parts, sizes, writer, batches, len(items), lambda b, t: seen.append(b.items))
+    assert seen == [2, 4, 6]
+    m = writer.finish(
+        created_by=store.manifest.created_by,
+        sources=store.manifest.sources,
+        renderers=store.manifest.renderers,
+        palette_seed=store.manifest.palette_seed,
+    )
+    assert m.skipped == m_one.skipped
+    _assert_same_store(out, one)
+    with pytest.raises(ValueError, match="starts at sample 0, not 5"):
+        copy_batches(parts, sizes, writer, batches, len(items))

@@ -46,8 +46,9 @@ from sgt_data._store_layout import TASK_BITS, FieldSpec
 from sgt_data._store_stage import BatchStager, StagedBatch
 from sgt_data._store_writer import StoreWriter
 from sgt_data.errors import StoreError
+from sgt_data.schema import SkippedItem
 
-__all__ = ["copy_samples"]
+__all__ = ["Batch", "copy_batches", "copy_samples"]
 
 #: copy uncompressed samples' bytes file to file in the kernel where the system can
 _COPY = hasattr(os, "copy_file_range")
@@ -521,30 +522,70 @@ def copy_samples(
     if writer.batch_size != batch_size:
         raise ValueError(f"writer batches {writer.batch_size} samples, not {batch_size}")
     total = int(sum(sizes))
-    reader = _Reader(parts, sizes, writer.stager.fields)
     done = writer.items_done
+    batches = [
+        Batch(lo, min(lo + batch_size, total), min(lo + batch_size, total))
+        for lo in range(done, total, batch_size)
+    ]
+
+    def full(b: Batch, total_items: int) -> None:  # progress after whole batches only
+        if progress and b.hi - b.lo == batch_size:
+            progress(b.items, total_items)
+
+    copy_batches(parts, sizes, writer, batches, total, full)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch to commit: the parts' samples ``lo:hi`` (numbered over the parts in order),
+    the input items consumed once it is committed, and the items skipped in it."""
+
+    lo: int
+    hi: int
+    items: int
+    skipped: tuple[SkippedItem, ...] = ()
+
+
+def copy_batches(
+    parts: Sequence[str | os.PathLike[str]],
+    sizes: Sequence[int],
+    writer: StoreWriter,
+    batches: Sequence[Batch],
+    total_items: int,
+    progress: Callable[[Batch, int], None] | None = None,
+) -> None:
+    """Commit ``batches`` of the samples of the finished stores ``parts`` (``sizes`` samples
+    each, fields as the writer's) to ``writer`` in order, after its committed samples (the
+    first batch starts at ``writer.num_samples``; e.g. a conversion's batches of input items
+    where some items were skipped). ``progress(batch, total_items)`` after each commit. A
+    sample id met twice is a ``StoreError`` naming both stores; the batches before it stay
+    committed."""
+    committed = writer.num_samples
+    if batches and batches[0].lo != committed:
+        raise ValueError(f"the first batch starts at sample {batches[0].lo}, not {committed}")
+    reader = _Reader(parts, sizes, writer.stager.fields)
     seen: dict[str, str] = {}
-    for lo in range(0, done, batch_size):  # the committed samples' ids (checked then)
-        ids, where = reader.ids(lo, min(lo + batch_size, done))
+    step = max(1, writer.batch_size)
+    for lo in range(0, committed, step):  # the committed samples' ids (checked then)
+        ids, where = reader.ids(lo, min(lo + step, committed))
         seen.update(zip(ids, where, strict=True))
-    bounds = [(lo, min(lo + batch_size, total)) for lo in range(done, total, batch_size)]
     stager = writer.stager
     # the next batches are read, hashed and written by threads while this one commits
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         pending: deque[Future[_Batch]] = deque()
-        ahead = iter(bounds)
+        ahead = iter(batches)
         try:
-            for lo, hi in bounds:
-                while len(pending) <= _THREADS and (b := next(ahead, None)) is not None:
-                    pending.append(pool.submit(_stage, reader, stager, *b))
-                batch = pending.popleft().result()
-                for sid, part in zip(batch.ids, batch.where, strict=True):
+            for b in batches:
+                while len(pending) <= _THREADS and (nb := next(ahead, None)) is not None:
+                    pending.append(pool.submit(_stage, reader, stager, nb.lo, nb.hi))
+                got = pending.popleft().result()
+                for sid, part in zip(got.ids, got.where, strict=True):
                     if sid in seen:
                         raise StoreError(f"{part}: sample id {sid!r} also in {seen[sid]}")
                     seen[sid] = part
-                writer.commit(batch.staged, hi)
-                if progress and hi - lo == batch_size:
-                    progress(hi, total)
+                writer.commit(got.staged, b.items, b.skipped)
+                if progress:
+                    progress(b, total_items)
         finally:
             for f in pending:
                 f.cancel()
