@@ -1,17 +1,25 @@
 """Merging finished stores by copying their samples' stored bytes.
 
 A store sample is stored as it was encoded (JPEG/PNG bytes verbatim, label maps as zstd frames,
-the JSON record), so the merge never decodes or re-encodes it: each output batch takes the byte
-ranges of its samples from the part stores' arrays (a part's batch is one contiguous run per
-array, read in one call), hashes each sample's bytes (the manifest digest is defined over the
-per-sample sha256 digests, so every sample must be hashed once), and writes them as fresh shard
-files through the writer's own commit. Height, width, task bits and crc32 are the part's index
-row (the crc32 is over the same bytes). The result is byte-identical to reading every record and
-writing it again, and to a single conversion of the same input with the same batch size.
+the JSON record), so the merge never decodes or re-encodes it. Each output batch takes its
+samples' byte ranges from the part stores (a part's batch is one contiguous run per array):
+uncompressed arrays (images, label frames) are copied from the parts' shard files into the new
+shard files inside the kernel (``os.copy_file_range``; a reflink where the file system has them)
+and hashed where they lie (mapped read-only); the compressed JSON records are read and encoded
+again. The new shard files get the padding and index :func:`encode_shards` gives them, and the
+batch is committed by the writer's own ``commit``. Height, width, task bits and crc32 are the
+part's index row (the crc32 covers the same bytes). The result is byte-identical to reading
+every record and writing it again, and to a single conversion of the same input with the same
+batch size (``tests/test_store_merge.py``).
 
-Measured on the SA-1B-like input of ``bench/bench_scale.py``: the record-by-record merge spent
-its CPU on re-staging (JSON decode and encode, crc32 over every byte, per-sample zeroed read
-buffers and a per-record Python path) besides the unavoidable copy and hash.
+Every sample is hashed once: the manifest digests chain per-sample sha256 digests, which the
+parts do not keep. Measured (cProfile with ``time.process_time``, 256 SA-1B-like images of
+~0.52 MB in 4 parts, batches of 8): the record-by-record merge spent its ~1.2-1.8 ms per image
+on writing from memory (``writev``, the largest part), sha256, reading into zeroed buffers,
+crc32 over every byte and a JSON decode and encode per record; this one spends ~0.36 ms on
+sha256, ~0.2 ms on the kernel copy and ~0.2 ms in the writer's commits. Staging runs in up to
+``_THREADS`` threads (hashing, mapping and copying release the GIL) while the caller's thread
+commits in order.
 """
 
 from __future__ import annotations
