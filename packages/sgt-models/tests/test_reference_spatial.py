@@ -1,4 +1,5 @@
-"""The reference model's ``spatial_condition`` path: shapes, dropout, CFG and where the image flows."""
+"""Options of the reference model: the spatial_condition path (shapes, dropout, CFG, where the image
+flows) and the convolutional vision stem."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from sgt_data import TaskKind
 from sgt_models import GenerationSettings, LossWeights, ReferenceAdapterConfig
 from sgt_models.reference import ReferenceAdapter, ReferenceConfigError, configuration
+from sgt_models.reference.modeling import ConvStem
 from sgt_models.testing import contract_samples
 
 NO_DROPOUT = {"text_cond_dropout": 0.0, "uncond_dropout": 0.0}
@@ -235,3 +237,54 @@ def test_default_keeps_the_caption_only_path() -> None:
     assert adapter.generator.config.in_channels == adapter.latent_channels
     with pytest.raises(ValueError, match="spatial_condition=True"):
         adapter.spatial_reference(torch.zeros(1, 4, 64), torch.ones(1, dtype=torch.bool), (4, 4))
+
+
+# -- vision_stem="conv" ---------------------------------------------------------------------------
+
+
+def test_conv_stem_replaces_the_patch_embedding_with_the_same_token_grid() -> None:
+    torch.manual_seed(0)
+    adapter = ReferenceAdapter(ReferenceAdapterConfig(size="tiny", vision_stem="conv"))
+    stem = adapter.vision_encoder.embeddings.patch_embedding
+    assert isinstance(stem, ConvStem)
+    grid = adapter.config.image_size // adapter.arch.vit_patch
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        tokens = stem(pixels)
+        features = adapter.vision_encoder(pixel_values=pixels).last_hidden_state
+    assert tokens.shape == (2, adapter.arch.vit_hidden, grid, grid)
+    assert features.shape == (2, grid * grid, adapter.arch.vit_hidden)
+    # the stem is translation-equivariant on the token grid: a shift by one patch moves the
+    # features by one token (at least 2 tokens, the receptive radius, from the borders and the seam)
+    patch = adapter.arch.vit_patch
+    shifted = torch.roll(pixels, shifts=patch, dims=3)
+    with torch.no_grad():
+        moved = stem(shifted)
+    torch.testing.assert_close(moved[..., 3:6], tokens[..., 2:5], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_stem_trains_and_round_trips(tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    adapter = ReferenceAdapter(ReferenceAdapterConfig(size="tiny", vision_stem="conv"))
+    und = [s for s in contract_samples() if s.task is TaskKind.UNDERSTANDING]
+    adapter.zero_grad()
+    torch.manual_seed(0)
+    adapter.loss(adapter.collate(und)).total.backward()
+    stem = adapter.vision_encoder.embeddings.patch_embedding
+    grads = [p.grad for p in stem.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    adapter.save_pretrained(tmp_path)
+    loaded = ReferenceAdapter.from_pretrained(tmp_path)
+    image = und[0].image
+    assert image is not None
+    a = adapter.answer([image], ["What is in the image?"], max_new_tokens=4)
+    b = loaded.answer([image], ["What is in the image?"], max_new_tokens=4)
+    assert a == b
+
+
+def test_conv_stem_needs_a_power_of_two_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = configuration.architecture_for("tiny")
+    monkeypatch.setitem(configuration._PRESETS, "tiny", dataclasses.replace(tiny, vit_patch=12))
+    with pytest.raises(ReferenceConfigError, match="must be a power of 2"):
+        ReferenceAdapter(ReferenceAdapterConfig(size="tiny", image_size=48, vision_stem="conv"))

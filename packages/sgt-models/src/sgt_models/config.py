@@ -112,6 +112,11 @@ class ReferenceAdapterConfig(AdapterConfigBase):
     uncond_dropout: float = Field(
         default=0.1, ge=0, le=1, description="training: drop every condition (for CFG)"
     )
+    vision_stem: Literal["patch", "conv"] = Field(
+        default="patch",
+        description="understanding encoder front end: 'patch' = SigLIP's linear patch embedding; "
+        "'conv' = 3x3 convolutions with 2x max pooling down to the patch grid",
+    )
     spatial_condition: bool = Field(
         default=False,
         description="generator: also read the LM's hidden states at the image tokens as a "

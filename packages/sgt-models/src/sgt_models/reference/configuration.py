@@ -150,6 +150,11 @@ def check_geometry(config: ReferenceAdapterConfig, latent_factor: int) -> None:
                 f"image_size={config.image_size} of the {config.size!r} reference model must be "
                 f"a multiple of the {name} size {unit}"
             )
+    if config.vision_stem == "conv" and arch.vit_patch & (arch.vit_patch - 1):
+        raise ReferenceConfigError(
+            f"vision_stem='conv' halves the image per stage: the vision patch ({arch.vit_patch}) "
+            f"of the {config.size!r} reference model must be a power of 2"
+        )
     if config.spatial_condition and arch.vit_patch % latent_factor:
         raise ReferenceConfigError(
             f"spatial_condition needs the vision patch ({arch.vit_patch}) of the {config.size!r} "

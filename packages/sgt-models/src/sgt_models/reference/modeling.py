@@ -69,6 +69,49 @@ class ReferenceCheckpointError(ValueError):
     """A checkpoint folder or VAE path that cannot be loaded; the message names the file."""
 
 
+#: Channels of the first stage of the convolutional stem; later stages use twice as many.
+CONV_STEM_WIDTH = 32
+
+
+class ConvStem(torch.nn.Module):
+    """``vision_stem='conv'``: the SigLIP patch embedding replaced by a small CNN.
+
+    ``log2(patch)`` stages of ``3x3 conv -> GELU -> 2x2 max pool`` (``CONV_STEM_WIDTH`` channels,
+    then twice as many), one more ``3x3 conv -> GELU`` and a ``1x1`` projection to the ViT width:
+    ``(B, 3, S, S) -> (B, width, S / patch, S / patch)``, the shape of the patch embedding.
+    Full-resolution 3x3 filters with max pooling find small shapes anywhere in the image, which a
+    linear map of each 8x8 patch learns slowly from scratch.
+    """
+
+    def __init__(self, patch: int, width: int) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        c_in = 3
+        for stage in range(int(math.log2(patch))):
+            c_out = CONV_STEM_WIDTH * min(2**stage, 2)
+            layers += [
+                torch.nn.Conv2d(c_in, c_out, 3, padding=1),
+                torch.nn.GELU(),
+                torch.nn.MaxPool2d(2),
+            ]
+            c_in = c_out
+        layers += [torch.nn.Conv2d(c_in, c_in, 3, padding=1), torch.nn.GELU()]
+        layers.append(torch.nn.Conv2d(c_in, width, 1))
+        self.layers = torch.nn.Sequential(*layers)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The first convolution's weight (SigLIP reads the input dtype from it)."""
+        first = self.layers[0]
+        assert isinstance(first, torch.nn.Conv2d)
+        return first.weight
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Token grid features of ``pixels``."""
+        out: torch.Tensor = self.layers(pixels)
+        return out
+
+
 def _load_vae(path: str) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
@@ -131,6 +174,9 @@ class ReferenceAdapter(torch.nn.Module):
         self.vision_encoder = SiglipVisionModel(
             SiglipVisionConfig(**arch.siglip_config(config.image_size), vision_use_head=False)
         )
+        if config.vision_stem == "conv":
+            embeddings: Any = self.vision_encoder.embeddings
+            embeddings.patch_embedding = ConvStem(arch.vit_patch, arch.vit_hidden)
         self.connector = torch.nn.Sequential(
             torch.nn.LayerNorm(arch.vit_hidden),
             torch.nn.Linear(arch.vit_hidden, arch.lm_hidden),
