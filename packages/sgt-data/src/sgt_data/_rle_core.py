@@ -386,18 +386,26 @@ def _plain_strings(rles: Sequence[Any], h: int | None = None, w: int | None = No
     return h, w, data, np.fromiter(map(len, strings), np.int64, len(strings))
 
 
+def _check_sizes(
+    packed: _Packed,
+    hw: tuple[int, int],
+    mismatch: str,
+    image_id: object = None,
+    ann_ids: Sequence[IdLike] | None = None,
+) -> None:
+    """Refuse the first RLE of ``packed`` whose size is not ``hw``: "size [h, w] " + ``mismatch``
+    (which says what ``hw`` is)."""
+    for i, s in enumerate(packed.sizes):
+        if s != hw:
+            raise _error(f"size [{s[0]}, {s[1]}] {mismatch}", i, image_id, ann_ids)
+
+
 def _same_size(
     packed: _Packed, what: str, image_id: object = None, ann_ids: Sequence[IdLike] | None = None
 ) -> tuple[int, int]:
     h, w = packed.sizes[0]
-    for i, s in enumerate(packed.sizes):
-        if s != (h, w):
-            raise _error(
-                f"size [{s[0]}, {s[1]}] differs from the size [{h}, {w}] of the first RLE; {what} needs equal sizes",
-                i,
-                image_id,
-                ann_ids,
-            )
+    mismatch = f"differs from the size [{h}, {w}] of the first RLE; {what} needs equal sizes"
+    _check_sizes(packed, (h, w), mismatch, image_id, ann_ids)
     return h, w
 
 

@@ -1,8 +1,8 @@
 """The scene world's model: classes, colours, the scene config, geometry and the seeded generator.
 
-The public names are re-exported by :mod:`sgt_data.scenes` (see its docstring for the world's
-rules); this module holds what both the generator and the question writer
-(:mod:`sgt_data.scene_questions`) need.
+The public names are re-exported (and listed in ``__all__``) by :mod:`sgt_data.scenes` (see
+its docstring for the world's rules); this module holds what both the generator and the
+question writer (:mod:`sgt_data.scene_questions`) need.
 """
 
 from __future__ import annotations
@@ -17,20 +17,6 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sgt_data.errors import SgtDataError
-
-__all__ = [
-    "SCENE_CLASSES",
-    "SCENE_COLORS",
-    "SCENE_MAX_ROTATION",
-    "Scene",
-    "SceneConfig",
-    "SceneObject",
-    "coco_annotations",
-    "generate_scene",
-    "geneval_relations",
-    "semantic_map",
-    "shape_outline",
-]
 
 #: Shape classes; COCO category id = index + 1.
 SCENE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "hexagon")

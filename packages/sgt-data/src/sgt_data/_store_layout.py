@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -49,14 +49,8 @@ class FieldSpec:
     frame_dtype: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "dtype": self.dtype,
-            "chunk": self.chunk,
-            "zstd_level": self.zstd_level,
-            "chunks_per_shard": self.chunks_per_shard,
-            "frame_dtype": self.frame_dtype,
-        }
+        """Every field by name, in the order declared (as the journal and manifest hold it)."""
+        return asdict(self)
 
 
 def label_field(path: str, dtype: str) -> FieldSpec:

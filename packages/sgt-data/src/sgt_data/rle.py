@@ -46,6 +46,7 @@ from sgt_data._rle_core import (
     IdLike,
     RLEDict,
     _check_hw,
+    _check_sizes,
     _counts_of_list,
     _error,
     _ids,
@@ -339,9 +340,7 @@ def frPyObjects(pyobj: Any, h: int, w: int) -> Any:
 
 def _rle_with_size(rles: list[Any], h: int, w: int) -> list[RLEDict]:
     packed = _pack(rles)
-    for i, s in enumerate(packed.sizes):
-        if s != (h, w):
-            raise _error(f"size [{s[0]}, {s[1]}] disagrees with the image size [{h}, {w}]", i)
+    _check_sizes(packed, (h, w), f"disagrees with the image size [{h}, {w}]")
     return _rle_dicts(packed.counts, packed.offs, packed.sizes)
 
 
@@ -453,14 +452,8 @@ def paint_label_map(
                 raise _kernel_error(status, info, [(height, width)] * n, image_id, ann_ids)
             return res
     packed = _pack(list(rles), image_id, ann_ids)
-    for i, s in enumerate(packed.sizes):
-        if s != (height, width):
-            raise _error(
-                f"size [{s[0]}, {s[1]}] disagrees with the image size [{height}, {width}]",
-                i,
-                image_id,
-                ann_ids,
-            )
+    mismatch = f"disagrees with the image size [{height}, {width}]"
+    _check_sizes(packed, (height, width), mismatch, image_id, ann_ids)
     if order == "area_desc":
         ar = np.empty(n, dtype=np.int64)
         k.areas(packed.counts, packed.offs, ar)

@@ -12,6 +12,7 @@ of their own so that the images never depend on them):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from sgt_data._scene_model import (
     SCENE_COLORS,
     Scene,
     SceneConfig,
+    SceneObject,
     geneval_relations,
 )
 
@@ -194,12 +196,11 @@ def scene_questions(scene: Scene, config: SceneConfig | None = None) -> list[Sce
             )
         )
 
-    refs = _references(scene)
-    named = [i for i, r in enumerate(refs) if r is not None]
-    pairs = [(a, b) for a in named for b in named if a != b]
-    order = rng.permutation(len(pairs))
-    questions += _relation_questions(scene, refs, [pairs[int(k)] for k in order], cfg, rng)
-    questions += _depth_questions(scene, refs, [pairs[int(k)] for k in order], cfg, rng)
+    named = {i: r for i, r in enumerate(_references(scene)) if r is not None}
+    pairs = [_Pair(objs[a], objs[b], named[a], named[b]) for a in named for b in named if a != b]
+    pairs = [pairs[int(k)] for k in rng.permutation(len(pairs))]
+    questions += _first_questions(pairs, lambda pair: _relation_question(pair, cfg, rng))
+    questions += _first_questions(pairs, lambda pair: _depth_question(pair, cfg, rng))
     return questions
 
 
@@ -213,67 +214,65 @@ def _existence(cls: int, present: bool, strategy: str) -> SceneQuestion:
     )
 
 
-def _relation_questions(
-    scene: Scene,
-    refs: list[str | None],
-    pairs: list[tuple[int, int]],
-    cfg: SceneConfig,
-    rng: np.random.Generator,
-    limit: int = 2,
+@dataclass(frozen=True)
+class _Pair:
+    """Two shapes of a scene that can be named, in the order a question names them."""
+
+    a: SceneObject
+    b: SceneObject
+    ref_a: str
+    ref_b: str
+
+
+def _first_questions(
+    pairs: list[_Pair], ask: Callable[[_Pair], SceneQuestion | None], limit: int = 2
 ) -> list[SceneQuestion]:
-    """Yes/no relation questions, asked only where GenEval's rule decides the axis."""
+    """The questions ``ask`` writes about ``pairs`` in order (None: the pair decides nothing),
+    the first ``limit`` of them (the pairs after those are not asked about)."""
     out: list[SceneQuestion] = []
-    for a, b in pairs:
+    for pair in pairs:
         if len(out) >= limit:
             break
-        held = sorted(
-            geneval_relations(scene.objects[a].bbox, scene.objects[b].bbox, cfg.relation_margin)
-        )
-        if not held:
-            continue
-        relation = held[int(rng.integers(len(held)))]
-        truthful = bool(rng.random() < 0.5)
-        asked = relation if truthful else _OPPOSITE[relation]
-        out.append(
-            SceneQuestion(
-                "relation",
-                f"Is the {refs[a]} {_RELATION_PHRASES[asked]} the {refs[b]}?\n{_SHORT_ANSWER}",
-                "Yes" if truthful else "No",
-                {"relation": asked},
-            )
-        )
+        question = ask(pair)
+        if question is not None:
+            out.append(question)
     return out
 
 
-def _depth_questions(
-    scene: Scene,
-    refs: list[str | None],
-    pairs: list[tuple[int, int]],
-    cfg: SceneConfig,
-    rng: np.random.Generator,
-    limit: int = 2,
-) -> list[SceneQuestion]:
-    """CV-Bench style two-choice nearer/farther questions, only for depths beyond the margin."""
-    out: list[SceneQuestion] = []
-    for a, b in pairs:
-        if len(out) >= limit:
-            break
-        da, db = scene.objects[a].depth_m, scene.objects[b].depth_m
-        if abs(da - db) < cfg.depth_margin_m:
-            continue
-        closer = bool(rng.random() < 0.5)
-        word = "closer to" if closer else "farther from"
-        a_wins = (da < db) == closer
-        out.append(
-            SceneQuestion(
-                "depth",
-                f"Which object is {word} the camera, the {refs[a]} or the {refs[b]}?\n"
-                f"(A) {refs[a]}\n(B) {refs[b]}\n{_MCQ_ANSWER}",
-                "A" if a_wins else "B",
-                {"comparison": "closer" if closer else "farther"},
-            )
-        )
-    return out
+def _relation_question(
+    pair: _Pair, cfg: SceneConfig, rng: np.random.Generator
+) -> SceneQuestion | None:
+    """A yes/no relation question, asked only where GenEval's rule decides the axis."""
+    held = sorted(geneval_relations(pair.a.bbox, pair.b.bbox, cfg.relation_margin))
+    if not held:
+        return None
+    relation = held[int(rng.integers(len(held)))]
+    truthful = bool(rng.random() < 0.5)
+    asked = relation if truthful else _OPPOSITE[relation]
+    return SceneQuestion(
+        "relation",
+        f"Is the {pair.ref_a} {_RELATION_PHRASES[asked]} the {pair.ref_b}?\n{_SHORT_ANSWER}",
+        "Yes" if truthful else "No",
+        {"relation": asked},
+    )
+
+
+def _depth_question(
+    pair: _Pair, cfg: SceneConfig, rng: np.random.Generator
+) -> SceneQuestion | None:
+    """A CV-Bench style two-choice nearer/farther question, only for depths beyond the margin."""
+    da, db = pair.a.depth_m, pair.b.depth_m
+    if abs(da - db) < cfg.depth_margin_m:
+        return None
+    closer = bool(rng.random() < 0.5)
+    word = "closer to" if closer else "farther from"
+    return SceneQuestion(
+        "depth",
+        f"Which object is {word} the camera, the {pair.ref_a} or the {pair.ref_b}?\n"
+        f"(A) {pair.ref_a}\n(B) {pair.ref_b}\n{_MCQ_ANSWER}",
+        "A" if (da < db) == closer else "B",
+        {"comparison": "closer" if closer else "farther"},
+    )
 
 
 # --------------------------------------------------------------------------- the benchmark set

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from sgt_data.convert._pool import BatchOut, convert_batches
 from sgt_data.convert._runner import (
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "LocalEngine"]
 
+#: where a conversion writes its store (a path; for the local engine also a remote URL)
+OutPath: TypeAlias = str | os.PathLike[str]
+
 
 class Engine(abc.ABC):
     """Runs one conversion: ``conv``'s items (the ``job``'s shard of them) into the store at
@@ -31,11 +34,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def convert(
-        self,
-        conv: Converter,
-        out: str | os.PathLike[str],
-        job: ConvertJob,
-        progress: Progress | None = None,
+        self, conv: Converter, out: OutPath, job: ConvertJob, progress: Progress | None = None
     ) -> StoreManifest:
         """Convert and return the finished store's manifest (``progress(done, total)`` items)."""
 
@@ -50,11 +49,7 @@ class LocalEngine(Engine):
         self.workers = workers
 
     def convert(
-        self,
-        conv: Converter,
-        out: str | os.PathLike[str],
-        job: ConvertJob,
-        progress: Progress | None = None,
+        self, conv: Converter, out: OutPath, job: ConvertJob, progress: Progress | None = None
     ) -> StoreManifest:
         with frozen_heap():
             items, problems = list_items(conv, job.skip_bad)
@@ -66,7 +61,7 @@ class LocalEngine(Engine):
         conv: Converter,
         items: Sequence[WorkItem],
         problems: Sequence[SkippedItem],
-        out: str | os.PathLike[str],
+        out: OutPath,
         job: ConvertJob,
         progress: Progress | None = None,
     ) -> StoreManifest:
