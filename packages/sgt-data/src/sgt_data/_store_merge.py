@@ -445,8 +445,10 @@ def _hash_pieces(
     return out
 
 
-def _stage(reader: _Reader, stager: BatchStager, lo: int, hi: int) -> _Batch:
-    """Read flat samples ``lo:hi`` from the parts and stage them as one batch of the output."""
+def _stage(reader: _Reader, stager: BatchStager, lo: int, hi: int, name: str) -> _Batch:
+    """Read flat samples ``lo:hi`` from the parts and stage them as one batch of the output, in
+    the staging folder ``name`` (one per batch: batches of skipped items alone hold no samples,
+    so ``lo`` does not tell two batches apart)."""
     fields = stager.fields
     nf = len(fields)
     rows = np.zeros((hi - lo, 4 + nf), dtype=np.int64)
@@ -466,7 +468,7 @@ def _stage(reader: _Reader, stager: BatchStager, lo: int, hi: int) -> _Batch:
             for first, last, elo, ehi in _runs(offs, lens):
                 runs[fi].append(_Run(p, a, first, last, elo, ehi, offs, lens))
         r += n
-    out = Path(stager.root) / f"merge-{lo}"
+    out = Path(stager.root) / name
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -581,11 +583,12 @@ def copy_batches(
     # the next batches are read, hashed and written by threads while this one commits
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         pending: deque[Future[_Batch]] = deque()
-        ahead = iter(batches)
+        ahead = enumerate(batches)
         try:
             for b in batches:
-                while len(pending) <= _THREADS and (nb := next(ahead, None)) is not None:
-                    pending.append(pool.submit(_stage, reader, stager, nb.lo, nb.hi))
+                while len(pending) <= _THREADS and (nk := next(ahead, None)) is not None:
+                    k, nb = nk
+                    pending.append(pool.submit(_stage, reader, stager, nb.lo, nb.hi, f"merge-{k}"))
                 got = pending.popleft().result()
                 for sid, part in zip(got.ids, got.where, strict=True):
                     if sid in seen:

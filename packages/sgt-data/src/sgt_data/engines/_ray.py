@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sgt_data._store_merge import copy_samples
+from sgt_data._store_merge import Batch, copy_batches, copy_samples
 from sgt_data.convert._runner import (
     ConvertJob,
     Progress,
@@ -35,10 +35,10 @@ from sgt_data.convert._runner import (
     select_shard,
     shard_bounds,
 )
-from sgt_data.engines._local import Engine, LocalEngine
+from sgt_data.engines._local import Engine, LocalEngine, OutPath
 from sgt_data.errors import ConversionError, SgtDataError, WorkerDiedError
 from sgt_data.schema import SkippedItem, StoreManifest
-from sgt_data.store import SampleRecord, SampleStore, StoreWriter
+from sgt_data.store import SampleStore, StoreWriter
 
 if TYPE_CHECKING:
     from sgt_data.convert._base import Converter, WorkItem
@@ -144,11 +144,7 @@ class RayEngine(Engine):
         self.merge_progress = merge_progress
 
     def convert(
-        self,
-        conv: Converter,
-        out: str | os.PathLike[str],
-        job: ConvertJob,
-        progress: Progress | None = None,
+        self, conv: Converter, out: OutPath, job: ConvertJob, progress: Progress | None = None
     ) -> StoreManifest:
         if job.shard != (0, 1):
             raise ValueError("--shard is the local engine's: --engine ray makes the shards itself")
@@ -319,13 +315,9 @@ def _merge_with_skips(
     progress: Progress | None,
 ) -> None:
     """The merge where items were skipped: each batch of ``batch_size`` input items gets their
-    samples, read record by record from the parts, and the items skipped among them."""
+    samples, copied from the parts (:func:`copy_batches`), and the items skipped among them."""
     n = len(parts)
-    stores = [SampleStore.open(p) for p in parts]
-    shard_of: list[int] = []
-    for i in range(n):
-        lo, hi = shard_bounds(len(items), (i, n))
-        shard_of += [i] * (hi - lo)
+    sizes = [len(SampleStore.open(p)) for p in parts]
     bad: dict[str, SkippedItem] = {}
     for i, r in enumerate(results):
         ids = {it.item_id for it in items[slice(*shard_bounds(len(items), (i, n)))]}
@@ -336,26 +328,21 @@ def _merge_with_skips(
                     "its shard; merge the parts with `sgt-data merge` instead"
                 )
             bad[sk.item_id] = sk
-        if len(stores[i]) != len(ids) - len(r.skipped):
-            raise SgtDataError(f"{parts[i]}: {len(stores[i])} samples, expected otherwise")
-    nxt = [0] * n  # each part's next sample
-    done = writer.items_done
-    for k in range(done):
-        if items[k].item_id not in bad:
-            nxt[shard_of[k]] += 1
-    for lo in range(done, len(items), batch_size):
+        if sizes[i] != len(ids) - len(r.skipped):
+            raise SgtDataError(f"{parts[i]}: {sizes[i]} samples, expected otherwise")
+    # the shards are runs of items in order: the parts' samples, one after the other, are the
+    # items' samples in item order, so a batch of items is a run of the parts' samples
+    before = [0]  # samples of the items before each item
+    for it in items:
+        before.append(before[-1] + (it.item_id not in bad))
+    batches: list[Batch] = []
+    for lo in range(writer.items_done, len(items), batch_size):
         hi = min(lo + batch_size, len(items))
-        records: list[SampleRecord] = []
-        gone: list[SkippedItem] = []
-        for k in range(lo, hi):
-            was_bad = bad.get(items[k].item_id)
-            if was_bad is not None:
-                gone.append(was_bad)
-                continue
-            p = shard_of[k]
-            rec, _ = stores[p].read_record(nxt[p])
-            nxt[p] += 1
-            records.append(rec)
-        writer.write_batch(records, hi, gone)
+        gone = tuple(bad[it.item_id] for it in items[lo:hi] if it.item_id in bad)
+        batches.append(Batch(before[lo], before[hi], hi, gone))
+
+    def after(b: Batch, total_items: int) -> None:
         if progress:
-            progress(hi, len(items))
+            progress(b.items, total_items)
+
+    copy_batches(parts, sizes, writer, batches, len(items), after)
