@@ -274,3 +274,61 @@ def test_options_that_do_not_go_with_the_engine_are_refused(
     assert main([*argv, "--address", "auto"]) == 2
     assert "--address is for --engine ray" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def _sa1b_with_bad_items(d: Path, bad: set[int], n: int = 9) -> None:
+    """sa_1 .. sa_n of the VOC photo (shifted per image); items in ``bad`` carry a malformed RLE."""
+    rgb, masks, _ = voc_example()
+    h, w = rgb.shape[:2]
+    anns = []
+    for k, m in enumerate(masks):
+        counts = rle.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
+        anns.append({"id": k, "segmentation": {"size": [h, w], "counts": counts}})
+    d.mkdir(parents=True)
+    for i in range(1, n + 1):
+        buf = io.BytesIO()
+        Image.fromarray(np.roll(rgb, 29 * i, axis=1)).save(buf, format="JPEG", quality=90)
+        (d / f"sa_{i}.jpg").write_bytes(buf.getvalue())
+        a = anns[i - 1 :]
+        if i in bad:
+            a = [dict(a[0], segmentation={"size": [h, w], "counts": "not an RLE string"}), *a[1:]]
+        image = {"image_id": i, "width": w, "height": h, "file_name": f"sa_{i}.jpg"}
+        (d / f"sa_{i}.json").write_text(json.dumps({"image": image, "annotations": a}))
+
+
+def test_skip_bad_merge_with_a_batch_of_only_skipped_items_killed_and_resumed(
+    tmp_path: Path,
+) -> None:
+    """Items 3 and 4 form one whole batch (batch size 2) and both are bad: the merge commits a
+    batch without samples; killed after its third commit and run again, it resumes, and the
+    store (with 3 and 4 shards) is the local --skip-bad store byte for byte."""
+    d = tmp_path / "sa"
+    _sa1b_with_bad_items(d, {3, 4, 7})
+
+    def conv() -> Sa1bConverter:
+        return Sa1bConverter(d, ConvertOptions(name="sa"))
+
+    local = run_conversion(conv(), tmp_path / "local", batch_size=2, skip_bad=True)
+    assert [s.item_id for s in local.skipped] == ["sa_3", "sa_4", "sa_7"]
+    calls: list[int] = []
+
+    def dying(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed mid-merge")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_conversion(
+            conv(), tmp_path / "ray", batch_size=2, skip_bad=True,
+            engine=RayEngine(shards=3, merge_progress=dying),
+        )  # fmt: skip
+    m = run_conversion(
+        conv(), tmp_path / "ray", batch_size=2, skip_bad=True, engine=RayEngine(shards=3)
+    )
+    assert m.skipped == local.skipped
+    _assert_same_store(tmp_path / "ray", tmp_path / "local")
+    m4 = run_conversion(
+        conv(), tmp_path / "ray4", batch_size=2, skip_bad=True, engine=RayEngine(shards=4)
+    )
+    assert m4.skipped == local.skipped
+    _assert_same_store(tmp_path / "ray4", tmp_path / "local")
