@@ -31,6 +31,11 @@ EXPECTED_RESULTS = {
     ("scene-color", "default"),
     ("scene-relation", "default"),
     ("scene-depth", "default"),
+    ("scene-count-sum", "default"),
+    ("scene-count-compare", "default"),
+    ("scene-count-difference", "default"),
+    ("scene-perception", "default"),
+    ("scene-reasoning", "default"),
     ("geneval", "scene"),
     ("sgt-proxy-segmentation", "semantic"),
 }
@@ -57,11 +62,13 @@ def test_scene_vqa_scoring_follows_the_answers(world: Path) -> None:
         ("sgt-proxy-segmentation", "semantic"),
     }
     for key, metrics in perfect.items():
-        primary = metrics.get("accuracy", metrics.get("f1", metrics.get("f1_mean")))
+        primary = next(metrics[k] for k in ("accuracy", "f1", "f1_mean", "score") if k in metrics)
         assert primary == pytest.approx(100.0), key
     always_yes = _scores(bench, ["Yes"] * len(bench.items))
     assert always_yes[("scene-pope", "overall")]["yes_ratio_mean"] == pytest.approx(100.0)
-    assert always_yes[("scene-pope", "overall")]["accuracy_mean"] < 75.0
+    # every POPE split is balanced, as in real POPE: answering "Yes" to all is chance
+    for split in ("adversarial", "popular", "random"):
+        assert always_yes[("scene-pope", split)]["accuracy"] == pytest.approx(50.0), split
     # images stay whole when the question budget cuts the list
     capped = load_scene_vqa(world / "vqa" / "eval.jsonl", world, max_questions=10)
     kept = {it.fields["image_id"] for it in capped.items}
@@ -75,6 +82,13 @@ def _table_rows(summary: str) -> list[list[str]]:
         if line.startswith(("| scene-", "| geneval", "| sgt-proxy"))
     ]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def _number(cell: str) -> float:
+    """The value of a summary cell: ``44.8 ± 6.8``, ``**-1.7 (±9.4)**`` -> the leading number."""
+    m = re.match(r"\**([+-]?\d+(?:\.\d+)?)", cell)
+    assert m is not None, cell
+    return float(m.group(1))
 
 
 def _result_key(label: str) -> tuple[str, str]:
@@ -118,19 +132,19 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
 
     rows = _table_rows((report_dir / "summary.md").read_text())
     assert len(rows) >= len(EXPECTED_RESULTS)
-    for label, metric, items, base, control, sgt, d_base, d_control, _noise in rows:
+    for label, metric, items, _majority, base, control, sgt, d_base, d_control, _cb in rows:
         key = _result_key(label)
         values = {m: reports[m].result(*key).metrics[metric] for m in reports}
         assert int(items) == reports["base"].result(*key).num_items
         for cell, name in ((base, "base"), (control, "control"), (sgt, "sgt")):
-            assert float(cell) == pytest.approx(values[name], abs=0.005 + 1e-9), (
+            assert _number(cell) == pytest.approx(values[name], abs=0.05 + 1e-9), (
                 label,
                 metric,
                 name,
             )
-        assert float(d_base) == pytest.approx(values["sgt"] - values["base"], abs=0.005 + 1e-9)
-        assert float(d_control) == pytest.approx(
-            values["sgt"] - values["control"], abs=0.005 + 1e-9
+        assert _number(d_base) == pytest.approx(values["sgt"] - values["base"], abs=0.05 + 1e-9)
+        assert _number(d_control) == pytest.approx(
+            values["sgt"] - values["control"], abs=0.05 + 1e-9
         )
 
     for name in ("loss_curves.png", "segmentation_grid.png", "bar_geneval_scene.png"):
