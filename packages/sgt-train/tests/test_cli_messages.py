@@ -233,7 +233,9 @@ def test_ctrl_c_stops_the_demo_with_one_line_and_status_130(tmp_path: Path) -> N
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-3000:]
+    # 130, or ended by SIGINT itself, which a shell reports as the same 130 (seen once in CI:
+    # Python re-raises SIGINT at exit when an interrupt arrives during interpreter shutdown)
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     lines = err.strip().splitlines()
     assert lines[-1] == (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -95,13 +96,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise
         from sgt_train.launch import destroy_process_group
 
-        destroy_process_group()
-        bars.close()
-        print(
-            f"sgt-train demo: interrupted during stage {bars.stage or 'start'!r}; the same "
-            "command runs the demo again from the start (it does not resume)",
-            file=sys.stderr,
-        )
+        # stopping: a second ^C (or one delivered late) must not interrupt the clean-up
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            destroy_process_group()
+            bars.close()
+            print(
+                f"sgt-train demo: interrupted during stage {bars.stage or 'start'!r}; the same "
+                "command runs the demo again from the start (it does not resume)",
+                file=sys.stderr,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
         return 130
     finally:
         bars.close()
