@@ -69,18 +69,21 @@ def _boto_credentials() -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def s3_env(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's AWS variables pointed at the server (for in-process `main`)."""
+    for k, v in {**AWS, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+
+
 def _sets(*pairs: str) -> list[str]:
     return [a for p in pairs for a in ("--set", p)]
 
 
+@pytest.mark.usefixtures("s3_env")
 def test_validate_opens_s3_stores(
-    remote: dict[str, str],
-    endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    remote: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for k, v in {**AWS, "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
     sets = _sets(
         f"data.sources.0.store={remote['scenes']}", f"data.sources.1.store={remote['vqa']}"
     )
@@ -89,14 +92,10 @@ def test_validate_opens_s3_stores(
     assert "12 per epoch of 12 available" in out, out  # the same counts as the local stores give
 
 
+@pytest.mark.usefixtures("s3_env")
 def test_validate_names_a_missing_s3_store_in_one_line(
-    remote: dict[str, str],
-    endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    remote: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for k, v in {**AWS, "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
     missing = f"s3://{BUCKET}/stores/nothing-here"
     sets = _sets(f"data.sources.0.store={missing}", f"data.sources.1.store={remote['vqa']}")
     assert main(["validate", "tiny-sgt", *sets]) == 2

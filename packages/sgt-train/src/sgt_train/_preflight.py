@@ -224,21 +224,17 @@ def check_data(config: RunConfig, world_size: int = 1) -> DataCheck:
         ]
         where = f"store {source.store} ({', '.join(users)})"
         root = Path(source.store)
-        if is_url(source.store):
-            try:  # object storage: no local checks, the store's manifest says what it is
-                readers[source.store] = SampleStore.open(source.store)
-            except SgtDataError as exc:
-                unusable[source.store] = f"{where}: {exc}"
-        elif not root.exists():
+        # object storage (a URL): no local checks, the store's manifest says what it is
+        if not is_url(source.store) and not root.exists():
             unusable[source.store] = (
                 f"{where} does not exist (relative paths start at {Path.cwd()}); write it with "
                 "`sgt-data convert ...` or point the source at an existing store"
             )
-        elif not root.is_dir():
+        elif not is_url(source.store) and not root.is_dir():
             unusable[source.store] = f"{where} is a file, not a sample store folder"
         else:
             try:
-                readers[source.store] = SampleStore.open(root)
+                readers[source.store] = SampleStore.open(source.store)
             except SgtDataError as exc:
                 unusable[source.store] = f"{where}: {exc}"
     check.problems.extend(unusable.values())

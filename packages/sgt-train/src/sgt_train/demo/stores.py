@@ -65,42 +65,28 @@ def build_stores(
         root / "world", num_train=num_train, num_eval=num_eval, seed=seed, config=config
     )
     stores = root / "stores"
+
+    def options(name: str, **extra: Any) -> ConvertOptions:
+        return ConvertOptions(name=name, seed=seed, num_classes=NUM_SCENE_CLASSES, **extra)
+
+    depth = {"depth_dir": str(world.train.depth), "depth_range": (0.0, 15.0)}
     jobs: list[tuple[str, Converter, Path]] = [
         (
             "scenes",
             CocoInstancesConverter(
-                world.train.instances,
-                world.train.images,
-                ConvertOptions(
-                    name="scenes-train",
-                    depth_dir=str(world.train.depth),
-                    depth_range=(0.0, 15.0),
-                    seed=seed,
-                    num_classes=NUM_SCENE_CLASSES,
-                ),
+                world.train.instances, world.train.images, options("scenes-train", **depth)
             ),
             stores / "scenes-train",
         ),
         (
             "vqa",
-            VqaConverter(
-                world.train.vqa,
-                world.root,
-                ConvertOptions(name="scenes-train-vqa", seed=seed, num_classes=NUM_SCENE_CLASSES),
-            ),
+            VqaConverter(world.train.vqa, world.root, options("scenes-train-vqa")),
             stores / "scenes-train-vqa",
         ),
         (
             "t2i",
             CaptionConverter(
-                world.train.t2i,
-                world.root,
-                ConvertOptions(
-                    name="scenes-train-t2i",
-                    reconstruction=False,
-                    seed=seed,
-                    num_classes=NUM_SCENE_CLASSES,
-                ),
+                world.train.t2i, world.root, options("scenes-train-t2i", reconstruction=False)
             ),
             stores / "scenes-train-t2i",
         ),
@@ -109,31 +95,17 @@ def build_stores(
             CocoStuffConverter(
                 world.eval.semantic,
                 world.eval.images,
-                ConvertOptions(
-                    name="scenes-eval-semantic",
-                    reconstruction=False,
-                    seed=seed,
-                    num_classes=NUM_SCENE_CLASSES,
-                ),
+                options("scenes-eval-semantic", reconstruction=False),
             ),
             stores / "scenes-eval-semantic",
         ),
     ]
     if edge:
+        edge_options = options("scenes-train-edge", edge=True, reconstruction=False)
         jobs.append(
             (
                 "edge",
-                CocoInstancesConverter(
-                    world.train.instances,
-                    world.train.images,
-                    ConvertOptions(
-                        name="scenes-train-edge",
-                        edge=True,
-                        reconstruction=False,
-                        seed=seed,
-                        num_classes=NUM_SCENE_CLASSES,
-                    ),
-                ),
+                CocoInstancesConverter(world.train.instances, world.train.images, edge_options),
                 stores / "scenes-train-edge",
             )
         )
