@@ -122,6 +122,12 @@ class ReferenceAdapterConfig(AdapterConfigBase):
         description="generator: also read the LM's hidden states at the image tokens as a "
         "spatial reference on the latent grid (linear, pixel-shuffled; zero when dropped)",
     )
+    question_film: bool = Field(
+        default=False,
+        description="understanding rows: modulate the image tokens by the prompt (FiLM: scale and "
+        "shift from the mean prompt-token embedding, zero-initialised; instruction-aware visual "
+        "features as in InstructBLIP). Generative rows keep unmodulated image tokens",
+    )
 
     @model_validator(mode="after")
     def _check_vae(self) -> ReferenceAdapterConfig:

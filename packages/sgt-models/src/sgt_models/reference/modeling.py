@@ -47,6 +47,7 @@ from sgt_models.flow import (
 from sgt_models.protocol import GenerationSettings, LossOutput, LossWeights
 from sgt_models.reference.configuration import architecture_for, check_geometry
 from sgt_models.reference.processor import (
+    SPECIAL_TOKENS,
     ReferenceBatch,
     ReferenceProcessor,
     build_tokenizer,
@@ -195,6 +196,16 @@ class ReferenceAdapter(torch.nn.Module):
             self.spatial_projection = torch.nn.Linear(
                 arch.lm_hidden, self.latent_channels * self.spatial_upscale**2
             )
+        self.question_film: torch.nn.Sequential | None = None
+        if config.question_film:
+            self.question_film = torch.nn.Sequential(
+                torch.nn.LayerNorm(arch.lm_hidden),
+                torch.nn.Linear(arch.lm_hidden, 2 * arch.lm_hidden),
+            )
+            last = self.question_film[1]
+            assert isinstance(last, torch.nn.Linear)
+            torch.nn.init.zeros_(last.weight)  # identity at initialisation
+            torch.nn.init.zeros_(last.bias)
         self.vae: Any = vae
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(arch.vocab_size)
         self.processor = ReferenceProcessor(
@@ -213,12 +224,17 @@ class ReferenceAdapter(torch.nn.Module):
     def parameter_groups(self) -> Mapping[str, list[torch.nn.Parameter]]:
         """Parameters by group: vision_encoder, connector, llm, generator, vae.
 
-        The spatial projection (``spatial_condition``) belongs to the generator group.
+        The spatial projection (``spatial_condition``) belongs to the generator group, the prompt
+        FiLM (``question_film``) to the connector group.
         """
         spatial = self.spatial_projection
+        film = self.question_film
         return {
             "vision_encoder": list(self.vision_encoder.parameters()),
-            "connector": list(self.connector.parameters()),
+            "connector": [
+                *self.connector.parameters(),
+                *(film.parameters() if film is not None else ()),
+            ],
             "llm": list(self.llm.parameters()),
             "generator": [
                 *self.generator.parameters(),
@@ -292,7 +308,28 @@ class ReferenceAdapter(torch.nn.Module):
                     f"of {image_embeds.shape[1]} tokens"
                 )
             embeds = embeds.masked_scatter(slots, image_embeds)
+            if self.question_film is not None:
+                embeds = self._film_image_tokens(input_ids, embeds)
         return embeds
+
+    def _film_image_tokens(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """``question_film``: image tokens of understanding rows scaled and shifted by the prompt.
+
+        The prompt is the mean embedding of a row's text tokens before ``<answer>`` (special tokens
+        excluded). Rows that end in ``<generate>`` are left as they are, so a generative row's
+        ``<bos> [image]`` prefix stays free of its instruction (condition dropout and CFG rely on it).
+        """
+        proc = self.processor
+        understanding = (input_ids == proc.answer_id).any(dim=1)
+        before_answer = (input_ids == proc.answer_id).cumsum(dim=1) == 0
+        text = (input_ids >= len(SPECIAL_TOKENS)) & before_answer
+        weights = text.to(embeds.dtype).unsqueeze(-1)
+        prompt = (embeds * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        assert self.question_film is not None
+        scale, shift = self.question_film(prompt).chunk(2, dim=-1)
+        image = (input_ids == proc.image_id) & understanding.unsqueeze(1)
+        filmed = embeds * (1.0 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+        return torch.where(image.unsqueeze(-1), filmed, embeds)
 
     def _hidden(self, batch: ReferenceBatch) -> torch.Tensor:
         embeds = self._embed(batch.input_ids, batch.pixel_values)
@@ -359,15 +396,15 @@ class ReferenceAdapter(torch.nn.Module):
 
     def _idle_vision_zero(self) -> torch.Tensor:
         """0 with zero gradients for the vision encoder and connector (batch without images)."""
-        if not any(
-            p.requires_grad
-            for p in (*self.vision_encoder.parameters(), *self.connector.parameters())
-        ):
+        groups = self.parameter_groups()
+        if not any(p.requires_grad for p in (*groups["vision_encoder"], *groups["connector"])):
             return torch.zeros((), device=self._device)
         size = self.config.image_size
         pixels = torch.zeros(1, 3, size, size, device=self._device, dtype=self._dtype)
         features = self.vision_encoder(pixel_values=pixels).last_hidden_state
         embeds: torch.Tensor = self.connector(features)
+        if self.question_film is not None:
+            embeds = embeds + self.question_film(embeds[:, 0]).sum()
         return (embeds.float() * 0.0).sum()
 
     def _idle_lm_head_zero(self, hidden: torch.Tensor) -> torch.Tensor:

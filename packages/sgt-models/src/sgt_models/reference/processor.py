@@ -70,9 +70,30 @@ _CORPUS: tuple[str, ...] = (
     "A B C D (A) (B) (C) (D) option choice true false",
 )
 
+#: How many times the scene world's vocabulary is repeated in the tokenizer's training text: often
+#: enough that BPE merges every class and colour name (with its leading space, as it appears inside
+#: a question) into one token. Split into 2-6 byte pieces, some shared between classes ("a", "on"),
+#: the class word of "Is there a hexagon in the image?" cannot be matched against the image by
+#: attending to one position (docs/dev/sgt-mini-findings.md, fourth session).
+_WORLD_WEIGHT = 5
+
+
+def _world_corpus() -> tuple[str, ...]:
+    """Sentences with the scene world's class names (singular and plural) and colour names."""
+    from sgt_data.scenes import SCENE_CLASSES, SCENE_COLORS
+
+    classes = ", ".join(f"a {name}" for name in SCENE_CLASSES)
+    plurals = " ".join(f"{name}s" for name in SCENE_CLASSES)
+    colours = " ".join(SCENE_COLORS)
+    return (f"Is there {classes}; how many {plurals}? What color is the {colours}.",)
+
 
 def build_tokenizer(vocab_size: int) -> Tokenizer:
-    """A byte-level BPE ``tokenizers.Tokenizer`` trained on the built-in corpus (deterministic)."""
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on the built-in corpus (deterministic).
+
+    The corpus holds generic instruction text and the scene world's vocabulary, so that each class
+    and colour name inside a sentence is one token.
+    """
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -85,7 +106,9 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
         special_tokens=list(SPECIAL_TOKENS),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(list(_CORPUS) * 4, trainer)
+    tokenizer.train_from_iterator(
+        list(_CORPUS) * 4 + list(_world_corpus()) * _WORLD_WEIGHT, trainer
+    )
     if tokenizer.get_vocab_size() > vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} > {vocab_size} tokens")
     return tokenizer
