@@ -307,6 +307,8 @@ def main() -> None:
     parser.add_argument("--counting", action="store_true")
     parser.add_argument("--vision-pretrain", type=int, default=0, metavar="STEPS")
     parser.add_argument("--objective", choices=["dense", "image"], default="dense")
+    parser.add_argument("--oracle-pretrain", type=int, default=0, metavar="STEPS")
+    parser.add_argument("--freeze-lm", action="store_true", help="after the oracle: vision only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -331,18 +333,38 @@ def main() -> None:
         return
     if args.vision_pretrain:
         train_vision(model, train, held_out, args, args.vision_pretrain, t0)
-    probe = Probe(model, args.oracle)
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0
-    )
     rng = np.random.default_rng(args.seed)
-    for step in range(args.steps + 1):
-        if step % args.every == 0:
-            print(
-                f"step {step} {evaluate(probe, held_out, args.counting)} {time.time() - t0:.0f}s",
-                flush=True,
-            )
-        if step == args.steps:
+    if args.oracle_pretrain:
+        # the LM (and the FiLM) learn the matching on word grids first, like an LM pretrained on text
+        train_existence(
+            Probe(model, oracle=True), train, held_out, args, args.oracle_pretrain, rng, t0
+        )
+        if args.freeze_lm:
+            frozen = [*model.llm.parameters()]
+            if model.question_film is not None:
+                frozen += [*model.question_film.parameters()]
+            for p in frozen:
+                p.requires_grad_(False)
+    train_existence(Probe(model, args.oracle), train, held_out, args, args.steps, rng, t0)
+
+
+def train_existence(
+    probe: Probe,
+    train: list[Scene],
+    held_out: list[Scene],
+    args: argparse.Namespace,
+    steps: int,
+    rng: np.random.Generator,
+    t0: float,
+) -> None:
+    params = [p for p in probe.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    stage = "oracle" if probe.oracle else "images"
+    for step in range(steps + 1):
+        if step % args.every == 0 or step == steps:
+            result = evaluate(probe, held_out, args.counting)
+            print(f"{stage} step {step} {result} {time.time() - t0:.0f}s", flush=True)
+        if step == steps:
             break
         loss = probe.loss(training_items(train, args.batch, rng, args.counting))
         opt.zero_grad()

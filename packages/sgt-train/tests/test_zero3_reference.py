@@ -148,11 +148,21 @@ def test_zero3_export_equals_zero2_export(runs: dict[int, _Run], kind: str) -> N
 
     z2, z3 = _weights(folder(runs[2])), _weights(folder(runs[3]))
     assert z2.keys() == z3.keys()
+    adam_bound = 2 * STEPS * 3e-3  # each step moves an element by at most ~lr, in either run
     for name in z2:
         if name in ZERO_GRADIENT:
             continue
-        # measured: at most 1.7e-6 (rounding-level, amplified by Adam where gradients are tiny)
-        torch.testing.assert_close(z3[name], z2[name], rtol=0, atol=1e-5, msg=name)
+        # Rounding-level differences, amplified by Adam wherever a gradient is tiny (an element
+        # of a nearly dead unit: its normalised update is then driven by rounding noise).
+        # Measured: with the 0.4.1 tokenizer at most 1.7e-6 everywhere; with 0.4.2's (other token
+        # sequences, other near-dead units) 1e-5..1.7e-4 in at most 156 of 147,456 elements of a
+        # tensor and 6.0e-3 in two single elements (context_refiner to_q [52, 61], noise_refiner
+        # FFN unit 87). A wrong or missing ZeRO-3 gather moves whole tensors, not single elements.
+        diff = (z3[name] - z2[name]).abs()
+        assert float(diff.max()) <= adam_bound, name
+        assert int((diff > 1e-5).sum()) <= max(2, diff.numel() // 100), name
+        scale = float(z2[name].norm()) or 1.0
+        assert float(diff.norm()) / scale <= 1e-3, name
     # a key bias has an exactly zero gradient in exact arithmetic: Adam turns its rounding noise
     # into updates of up to lr per step, whose sign differs between the runs (measured 0.016)
     for name in ZERO_GRADIENT:
