@@ -308,6 +308,7 @@ def main() -> None:
     parser.add_argument("--vision-pretrain", type=int, default=0, metavar="STEPS")
     parser.add_argument("--objective", choices=["dense", "image"], default="dense")
     parser.add_argument("--oracle-pretrain", type=int, default=0, metavar="STEPS")
+    parser.add_argument("--init-from", default=None, help="an exported reference model folder")
     parser.add_argument("--freeze-lm", action="store_true", help="after the oracle: vision only")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -328,6 +329,12 @@ def main() -> None:
     if args.film:
         fields["question_film"] = True
     model = ReferenceAdapter(ReferenceAdapterConfig(**fields))
+    if args.init_from:
+        # e.g. an exported segmentation run: its vision encoder, LM and generator, a fresh FiLM
+        from safetensors.torch import load_model
+
+        missing, unexpected = load_model(model, f"{args.init_from}/model.safetensors", strict=False)
+        print(f"init from {args.init_from}: missing {missing}, unexpected {unexpected}", flush=True)
     if args.probe == "vision":
         train_vision(model, train, held_out, args, args.steps, t0)
         return
