@@ -13,7 +13,10 @@ produce it), the balanced accuracy of its sign and the counting accuracy with it
 ``--oracle`` replaces the 64 image tokens by the LM's own input embeddings of the class word under
 each 8x8 patch (" the" for background): a perfect "word grid", so only the LM's matching is tested.
 ``--vision-pretrain N`` first trains the vision encoder and connector for N steps with the
-``vision`` probe's objective.
+``vision`` probe's objective. ``--oracle-pretrain N`` first trains N steps on the word grid
+(``--freeze-lm`` then freezes the LM and the FiLM, so that only the vision side learns from the
+images). ``--init-from DIR`` starts from an exported reference model (e.g. a segmentation run;
+pass its config options with ``--model``, e.g. ``'{"spatial_condition": true}'``).
 
 ``vision`` trains the understanding encoder alone (SigLIP + connector + a linear head per token)
 either ``dense`` (per-token class histogram of the semantic map, 7 classes with background) or
