@@ -269,7 +269,7 @@ def train_vision(
 ) -> None:
     vision = VisionHead(model)
     params = [p for p in vision.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr)
+    opt = torch.optim.AdamW(params, lr=args.vision_lr or args.lr)
     rng = np.random.default_rng(args.seed + 1)
     for step in range(steps + 1):
         if step % args.every == 0 or step == steps:
@@ -301,6 +301,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vision-lr", type=float, default=None, help="vision probe / pretraining")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--world", default="{}", help="SceneConfig fields as JSON")
     parser.add_argument("--arch", default="{}", help="tiny preset fields as JSON, e.g. lm_hidden")
