@@ -320,9 +320,9 @@ class ReferenceAdapter(torch.nn.Module):
         ``<bos> [image]`` prefix stays free of its instruction (condition dropout and CFG rely on it).
         """
         proc = self.processor
-        understanding = (input_ids == proc.answer_id).any(dim=1)
-        before_answer = (input_ids == proc.answer_id).cumsum(dim=1) == 0
-        text = (input_ids >= len(SPECIAL_TOKENS)) & before_answer
+        answer = input_ids == proc.answer_id
+        understanding = answer.any(dim=1)
+        text = (input_ids >= len(SPECIAL_TOKENS)) & (answer.cumsum(dim=1) == 0)
         weights = text.to(embeds.dtype).unsqueeze(-1)
         prompt = (embeds * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         assert self.question_film is not None
@@ -396,8 +396,9 @@ class ReferenceAdapter(torch.nn.Module):
 
     def _idle_vision_zero(self) -> torch.Tensor:
         """0 with zero gradients for the vision encoder and connector (batch without images)."""
-        groups = self.parameter_groups()
-        if not any(p.requires_grad for p in (*groups["vision_encoder"], *groups["connector"])):
+        film = self.question_film
+        modules = (self.vision_encoder, self.connector, *((film,) if film is not None else ()))
+        if not any(p.requires_grad for m in modules for p in m.parameters()):
             return torch.zeros((), device=self._device)
         size = self.config.image_size
         pixels = torch.zeros(1, 3, size, size, device=self._device, dtype=self._dtype)
