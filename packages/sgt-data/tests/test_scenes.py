@@ -23,11 +23,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pydantic import ValidationError
 
+from sgt_data.errors import SgtDataError
 from sgt_data.scenes import (
     SCENE_CLASSES,
     SceneConfig,
     WorldPaths,
     generate_scene,
+    scene_seed,
     write_world,
 )
 
@@ -401,6 +403,21 @@ def test_held_out_split_is_disjoint(truth: dict[str, _Truth], world: WorldPaths)
     info = next(iter(held_out.coco.imgs.values()))
     on_disk = np.asarray(Image.open(world.eval.images / info["file_name"]))
     np.testing.assert_array_equal(generate_scene(info["scene_seed"]).image, on_disk)
+
+
+def test_scene_seed_names_the_written_scenes(truth: dict[str, _Truth]) -> None:
+    # image ids are 1-based per split (eval offset by 1e9): index = id - offset - 1
+    for split, offset in (("train", 0), ("eval", 1_000_000_000)):
+        for image_id, info in truth[split].coco.imgs.items():
+            assert scene_seed(7, split, image_id - offset - 1) == info["scene_seed"]
+    # more train scenes of the same world never hit a held-out one
+    extra = {scene_seed(0, "train", i) for i in range(5000)}
+    assert extra.isdisjoint(scene_seed(0, "eval", i) for i in range(5000))
+    assert scene_seed(1, "train", 0) != scene_seed(0, "train", 0)
+    with pytest.raises(SgtDataError, match="unknown split 'test'"):
+        scene_seed(0, "test", 0)  # type: ignore[arg-type]
+    with pytest.raises(SgtDataError, match="must be >= 0"):
+        scene_seed(0, "train", -1)
 
 
 def test_layout_mirrors_coco(world: WorldPaths) -> None:

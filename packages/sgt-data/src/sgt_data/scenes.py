@@ -75,6 +75,7 @@ __all__ = [
     "reasoning_questions",
     "scene_prompt",
     "scene_questions",
+    "scene_seed",
     "semantic_map",
     "shape_outline",
     "write_world",
@@ -113,7 +114,17 @@ class WorldPaths:
     eval: WorldSplitPaths
 
 
-def _scene_seed(world_seed: int, split: str, index: int) -> int:
+def scene_seed(world_seed: int, split: SplitName, index: int) -> int:
+    """The ``generate_scene`` seed of scene ``index`` of a world's ``split``.
+
+    ``write_world(..., num_train=n, seed=s)`` draws its train scenes from
+    ``scene_seed(s, "train", i)`` for ``i < n``, its held-out ones from the ``"eval"`` split, so
+    more train scenes of the same world (``i >= n``) never coincide with a held-out one.
+    """
+    if split not in _SPLIT_CODES:
+        raise SgtDataError(f"unknown split {split!r}; known: {', '.join(_SPLIT_CODES)}")
+    if world_seed < 0 or index < 0:
+        raise SgtDataError(f"world seed and scene index must be >= 0, got {world_seed}, {index}")
     state = np.random.SeedSequence(world_seed, spawn_key=(_SPLIT_CODES[split], index))
     return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
@@ -129,7 +140,7 @@ def _save_image(array: NDArray[Any], path: Path, cfg: SceneConfig | None = None)
 
 
 def _write_split(
-    root: Path, split: str, num_images: int, world_seed: int, cfg: SceneConfig
+    root: Path, split: SplitName, num_images: int, world_seed: int, cfg: SceneConfig
 ) -> WorldSplitPaths:
     ext = "jpg" if cfg.image_format == "jpeg" else "png"
     images_dir = root / "images" / split
@@ -150,7 +161,7 @@ def _write_split(
     t2i_path = root / "t2i" / f"{split}.jsonl"
     with vqa_path.open("w", encoding="utf-8") as vqa, t2i_path.open("w", encoding="utf-8") as t2i:
         for index in range(num_images):
-            seed = _scene_seed(world_seed, split, index)
+            seed = scene_seed(world_seed, split, index)
             scene = generate_scene(seed, cfg)
             image_id = _IMAGE_ID_OFFSET[split] + index + 1
             stem = f"{image_id:012d}"
@@ -243,8 +254,8 @@ def write_world(
     cfg = config or SceneConfig()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    train_seeds = {_scene_seed(seed, "train", i) for i in range(num_train)}
-    clash = train_seeds.intersection(_scene_seed(seed, "eval", i) for i in range(num_eval))
+    train_seeds = {scene_seed(seed, "train", i) for i in range(num_train)}
+    clash = train_seeds.intersection(scene_seed(seed, "eval", i) for i in range(num_eval))
     if clash:  # 63-bit seeds: never seen, but held-out must mean held out
         raise SgtDataError(f"{root}: scene seeds {sorted(clash)} fall in both splits")
     train = _write_split(root, "train", num_train, seed, cfg)

@@ -7,6 +7,8 @@ export, which is how "proxy first, then VQA" is written), the seeds, how the sce
 built and how each finished run is evaluated. Layout of the output folder::
 
     stores/                     the scene world and its stores (built once; ``stores.done``)
+    runs/s<seed>/_vision/       a dense-pretrained vision encoder (``vision_pretrain``):
+                                ``model/`` (an exported reference model), ``vision.done``
     runs/s<seed>/<arm>/<stage>/ sgt-train run folders (checkpoints, ``final/`` export, ``stage.done``)
     runs/s<seed>/<arm>/report.json, done.json    the run's EvalReport, then its done marker
     events.jsonl                what was trained and evaluated, one line each (for audits)
@@ -58,6 +60,7 @@ __all__ = [
     "SweepFile",
     "SweepResult",
     "TableSpec",
+    "VisionPretrainSpec",
     "WorldSpec",
     "add_sweep_command",
     "cmd_sweep",
@@ -155,6 +158,30 @@ class WorldSpec(_Strict):
         return self
 
 
+class VisionPretrainSpec(_Strict):
+    """Dense pretraining of the reference model's vision encoder and connector before each seed's
+    ``pretrain`` stage (which starts from it): per-token class histograms of the
+    semantic maps of ``scenes`` train scenes of the world, generated in process (the world's own
+    train scenes are the first ``num_train`` of them; held-out scenes are never among them). It
+    stands in for the pretrained SigLIP that BAGEL starts from
+    (``sgt_models.reference.pretrain_vision_encoder``); the report says that the base saw these
+    labels."""
+
+    scenes: int = Field(ge=1, description="distinct train scenes (generated, not stored)")
+    steps: int = Field(ge=1)
+    lr: float = Field(default=2e-3, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    eval_scenes: int = Field(
+        default=100, ge=1, description="held-out scenes on which the presence AUC is reported"
+    )
+    seed: int | None = Field(
+        default=0,
+        ge=0,
+        description="one encoder, pretrained with this seed, shared by every run seed (as every "
+        "BAGEL post-training run starts from the same SigLIP); null: one encoder per run seed",
+    )
+
+
 class EvaluationSpec(_Strict):
     """How a finished run is evaluated on the held-out scenes (``demo.evaluation``)."""
 
@@ -199,6 +226,9 @@ class SweepFile(_Strict):
         default=None,
         description="overrides of a stage trained once per seed that every arm starts from",
     )
+    vision_pretrain: VisionPretrainSpec | None = Field(
+        default=None, description="dense vision pretraining before each seed's pretrain stage"
+    )
     arms: list[Arm] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     #: the run-config fields that take the seed
@@ -227,6 +257,8 @@ class SweepFile(_Strict):
             unknown = [a for a in t.arms if a not in known]
             if unknown:
                 raise ValueError(f"table {t.title!r}: no arm(s) {unknown}")
+        if self.vision_pretrain is not None and self.pretrain is None:
+            raise ValueError("vision_pretrain: needs a pretrain stage (which starts from it)")
         if self.pretrain is None and any(not a.stage_list() for a in self.arms):
             raise ValueError("an arm without stages evaluates the pretrain stage: add pretrain")
         return self
@@ -273,13 +305,20 @@ def load_sweep(path: str | Path) -> SweepFile:
     for unit in (u for u in plan_runs(sweep) if u.seed == sweep.seeds[0]):
         for stage in unit.stages:
             try:
-                _stage_config(sweep, unit, stage, stores, Path(sweep.output_dir), None)
+                config = _stage_config(sweep, unit, stage, stores, Path(sweep.output_dir), None)
             except ConfigError as exc:  # its first line says "invalid run config"; keep the field
                 first = str(exc).splitlines()
                 detail = first[1].strip() if len(first) > 1 else first[0]
                 raise SweepError(
                     f"{file}: arms.{unit.arm}.{stage.name}: not a valid run config: {detail}"
                 ) from None
+            if unit.arm == "_pretrain" and sweep.vision_pretrain is not None:
+                kind = getattr(config.model, "kind", None)
+                if kind != "reference":
+                    raise SweepError(
+                        f"{file}: vision_pretrain: pretrains the reference model's encoder; the "
+                        f"pretrain stage's model is {kind!r}"
+                    )
     return sweep
 
 
@@ -511,12 +550,13 @@ def _run_unit(
     out: Path,
     stores: DemoStores,
     events: _Events,
-    pretrain_exports: Mapping[int, Path],
+    start: Path | None,
     progress: SweepProgress | None,
 ) -> tuple[Path | None, list[str]]:
-    """Train the unit's stages (skipping finished ones); its final export and stages trained."""
+    """Train the unit's stages (skipping finished ones), the first from ``start`` (an export);
+    the unit's final export and the stages trained now."""
     store_paths = _store_paths(out / "stores")
-    init: Path | None = pretrain_exports.get(unit.seed) if unit.from_pretrain else None
+    init = start
     trained = []
     key = f"{unit.arm}/s{unit.seed}"
     for stage in unit.stages:
@@ -538,6 +578,106 @@ def _run_unit(
         events.log("trained", key, stage=stage.name, seconds=time.perf_counter() - t0)
         trained.append(f"{key}/{stage.name}")
     return init, trained
+
+
+def _scene_arrays(world: WorldSpec, split: Literal["train", "eval"], count: int) -> tuple[Any, Any]:
+    """Images ``(N, S, S, 3)`` and class maps (0 = background, 1 + class index) of the first
+    ``count`` scenes of the world's ``split``, generated in process."""
+    import numpy as np
+
+    from sgt_data.scenes import SceneConfig, generate_scene, scene_seed, semantic_map
+
+    cfg = SceneConfig(height=world.image_size, width=world.image_size, **world.scene)
+    size = world.image_size
+    images = np.empty((count, size, size, 3), np.uint8)
+    labels = np.empty((count, size, size), np.uint8)
+    for i in range(count):
+        scene = generate_scene(scene_seed(world.seed, split, i), cfg)
+        images[i] = scene.image
+        semantic = semantic_map(scene)
+        labels[i] = np.where(semantic == 255, 0, semantic + 1)
+    return images, labels
+
+
+def _vision_pretrain(
+    sweep: SweepFile, unit: RunUnit, out: Path, events: _Events, progress: SweepProgress | None
+) -> Path:
+    """The dense-pretrained model the unit's seed starts from (``runs/s<v>/_vision/model``, ``v``
+    the spec's seed or, without one, the run seed), trained unless its ``vision.done`` marker
+    exists; built from the pretrain stage's model config, weights drawn with seed ``v``."""
+    import torch
+
+    from sgt_data.scenes import SCENE_CLASSES
+    from sgt_models.reference import VisionPretrainConfig, pretrain_vision_encoder
+    from sgt_models.registry import build_adapter
+
+    spec = sweep.vision_pretrain
+    assert spec is not None
+    seed = unit.seed if spec.seed is None else spec.seed
+    folder = out / "runs" / f"s{seed}" / "_vision"
+    marker = folder / "vision.done"
+    if marker.is_file():
+        return Path(json.loads(marker.read_text(encoding="utf-8"))["export"])
+    key = f"_vision/s{seed}"
+    if progress is not None:
+        progress("train", key, f"{spec.steps} dense vision steps on {spec.scenes} scenes")
+    events.log("train", key, stage="vision")
+    t0 = time.perf_counter()
+    config = _stage_config(sweep, unit, unit.stages[0], _store_paths(out / "stores"), out, None)
+    images, labels = _scene_arrays(sweep.world, "train", spec.scenes)
+    eval_images, eval_labels = _scene_arrays(sweep.world, "eval", spec.eval_scenes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model: Any = build_adapter(config.model)
+        settings = VisionPretrainConfig(
+            steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seed=seed
+        )
+        every = max(1, spec.steps // 10)
+
+        def logged(step: int, loss: float) -> None:
+            if step % every == 0:
+                _log.info("%s: dense vision step %d/%d, loss %.4f", key, step, spec.steps, loss)
+
+        result = pretrain_vision_encoder(
+            model, images, labels, 1 + len(SCENE_CLASSES), settings,
+            eval_images=eval_images, eval_labels=eval_labels, progress=logged,
+        )  # fmt: skip
+    export = folder / "model"
+    model.save_pretrained(export)
+    names = ["background", *SCENE_CLASSES]
+    record = {
+        "export": str(export),
+        "seed": seed,
+        "steps": spec.steps,
+        "scenes": spec.scenes,
+        "first_loss": result.losses[0],
+        "final_loss": sum(result.losses[-50:]) / len(result.losses[-50:]),
+        "presence_auc": {names[k]: v for k, v in result.presence_auc.items()},
+        "mean_presence_auc": round(result.mean_presence_auc, 2),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    _write_atomic(marker, json.dumps(record) + "\n")
+    events.log("trained", key, stage="vision", seconds=record["seconds"])
+    return export
+
+
+def _vision_note(spec: VisionPretrainSpec, records: Mapping[int, Mapping[str, Any]]) -> str:
+    by_encoder = {int(r["seed"]): r for r in records.values()}
+    aucs = ", ".join(
+        f"seed {seed}: {by_encoder[seed]['mean_presence_auc']:.1f}" for seed in sorted(by_encoder)
+    )
+    which = (
+        f"one vision encoder and connector (seed {spec.seed}, shared by every run seed)"
+        if spec.seed is not None
+        else "a vision encoder and connector (one per run seed)"
+    )
+    return (
+        f"**Base:** every run starts from {which} pretrained on the dense "
+        f"class labels (per-token class histograms of the semantic maps) of {spec.scenes} train "
+        f"scenes, {spec.steps} steps at lr {spec.lr:g}, batch {spec.batch_size}; the models have "
+        f"seen these labels (as BAGEL's SigLIP has seen its pretraining data). Mean per-class "
+        f"presence AUC on {spec.eval_scenes} held-out scenes (chance 50): {aucs}."
+    )
 
 
 def _metrics_of(report: EvalReport, aggregates: Mapping[str, Sequence[str]]) -> dict[str, float]:
@@ -574,6 +714,7 @@ def run_sweep(
     stores = _build_world(sweep, out)
     set_single_process_env()
     pretrain_exports: dict[int, Path] = {}
+    vision_notes: dict[int, dict[str, Any]] = {}
     trained, evaluated, skipped = [], [], []
     runs: dict[str, dict[int, dict[str, float]]] = {}
     headline: list[str] = []
@@ -590,7 +731,13 @@ def run_sweep(
         folder = unit.folder(out)
         done, report_file = folder / "done.json", folder / "report.json"
         if unit.arm == "_pretrain":
-            export, new = _run_unit(sweep, unit, out, stores, events, pretrain_exports, progress)
+            vision = None
+            if sweep.vision_pretrain is not None:
+                vision = _vision_pretrain(sweep, unit, out, events, progress)
+                vision_notes[unit.seed] = json.loads(
+                    (vision.parent / "vision.done").read_text(encoding="utf-8")
+                )
+            export, new = _run_unit(sweep, unit, out, stores, events, vision, progress)
             assert export is not None
             pretrain_exports[unit.seed] = export
             trained += new
@@ -603,7 +750,8 @@ def run_sweep(
             continue
         if stop_after is not None and finished_now >= stop_after:
             break
-        export, new = _run_unit(sweep, unit, out, stores, events, pretrain_exports, progress)
+        start = pretrain_exports.get(unit.seed) if unit.from_pretrain else None
+        export, new = _run_unit(sweep, unit, out, stores, events, start, progress)
         trained += new
         assert export is not None  # an arm without stages starts from the pretrain export
         if progress is not None:
@@ -620,7 +768,8 @@ def run_sweep(
         collect(unit, report)
     report_dir = out / "report"
     headline += [a for a in sweep.evaluation.aggregates if a not in headline]
-    sweep_report = write_sweep_report(sweep, str(path), runs, report_dir, headline)
+    notes = [_vision_note(sweep.vision_pretrain, vision_notes)] if sweep.vision_pretrain else []
+    sweep_report = write_sweep_report(sweep, str(path), runs, report_dir, headline, notes)
     return SweepResult(
         out, sweep_report, report_dir, trained, evaluated, skipped, time.perf_counter() - t_start
     )
@@ -632,13 +781,14 @@ def write_sweep_report(
     runs: Mapping[str, Mapping[int, Mapping[str, float]]],
     report_dir: Path,
     headline: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> SweepReport:
     """Write ``report.json``, ``report.md`` and the plots of ``runs`` into ``report_dir``."""
     labels = {a.name: a.label or a.name for a in sweep.arms}
     tables = [t.model_dump(mode="json") for t in sweep.tables]
     report = summarize(
         sweep.name, sweep_file, [a.name for a in sweep.arms], labels, sweep.seeds, runs,
-        sweep.comparisons(), tables, headline,
+        sweep.comparisons(), tables, headline, notes,
     )  # fmt: skip
     report_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(report_dir / "report.json", report.model_dump_json(indent=2) + "\n")

@@ -212,6 +212,9 @@ class SweepReport(_Frozen):
     comparisons: list[PairedComparison]
     missing: list[str] = Field(default_factory=list, description="'arm/seed' without a report")
     tables: list[dict[str, Any]] = Field(default_factory=list)
+    notes: list[str] = Field(
+        default_factory=list, description="paragraphs the report states first (e.g. the base)"
+    )
 
     def summary(self, arm: str, metric: str) -> ArmMetricSummary | None:
         """The summary of one arm and metric, if any seed of the arm measured it."""
@@ -231,6 +234,7 @@ def summarize(
     comparisons: Sequence[tuple[str, str]],
     tables: Sequence[Mapping[str, Any]] = (),
     headline: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> SweepReport:
     """Means, intervals and paired comparisons of ``runs`` (arm -> seed -> metric -> value)."""
     metrics: list[str] = []
@@ -283,6 +287,7 @@ def summarize(
         comparisons=paired,
         missing=missing,
         tables=[dict(t) for t in tables],
+        notes=list(notes),
     )
 
 
@@ -334,6 +339,8 @@ def markdown_report(report: SweepReport) -> str:
         "the 95% Student-t interval; in brackets the mean paired difference to the arm named in "
         "'vs' and the two-sided paired t-test p-value."
     )
+    for note in report.notes:
+        lines += ["", note]
     if report.missing:
         lines += ["", f"**Incomplete:** no report for {', '.join(report.missing)}."]
     tables = report.tables or [{"title": "All arms", "arms": report.arms, "columns": []}]

@@ -6,6 +6,13 @@ from sgt_models.reference.configuration import (
     architecture_for,
 )
 from sgt_models.reference.modeling import ReferenceAdapter, ReferenceCheckpointError
+from sgt_models.reference.pretraining import (
+    VisionPretrainConfig,
+    VisionPretrainResult,
+    dense_class_targets,
+    presence_auc,
+    pretrain_vision_encoder,
+)
 from sgt_models.reference.processor import (
     SPECIAL_TOKENS,
     ReferenceBatch,
@@ -21,6 +28,11 @@ __all__ = [
     "ReferenceCheckpointError",
     "ReferenceConfigError",
     "ReferenceProcessor",
+    "VisionPretrainConfig",
+    "VisionPretrainResult",
     "architecture_for",
     "build_tokenizer",
+    "dense_class_targets",
+    "presence_auc",
+    "pretrain_vision_encoder",
 ]
