@@ -601,10 +601,11 @@ def _scene_arrays(world: WorldSpec, split: Literal["train", "eval"], count: int)
 
 def _vision_pretrain(
     sweep: SweepFile, unit: RunUnit, out: Path, events: _Events, progress: SweepProgress | None
-) -> Path:
-    """The dense-pretrained model the unit's seed starts from (``runs/s<v>/_vision/model``, ``v``
-    the spec's seed or, without one, the run seed), trained unless its ``vision.done`` marker
-    exists; built from the pretrain stage's model config, weights drawn with seed ``v``."""
+) -> dict[str, Any]:
+    """The ``vision.done`` record (``export``: the folder) of the dense-pretrained model the
+    unit's seed starts from (``runs/s<v>/_vision/model``, ``v`` the spec's seed or, without one,
+    the run seed), trained unless that marker exists; built from the pretrain stage's model
+    config, weights drawn with seed ``v``."""
     import torch
 
     from sgt_data.scenes import SCENE_CLASSES
@@ -617,7 +618,8 @@ def _vision_pretrain(
     folder = out / "runs" / f"s{seed}" / "_vision"
     marker = folder / "vision.done"
     if marker.is_file():
-        return Path(json.loads(marker.read_text(encoding="utf-8"))["export"])
+        record: dict[str, Any] = json.loads(marker.read_text(encoding="utf-8"))
+        return record
     key = f"_vision/s{seed}"
     if progress is not None:
         progress("train", key, f"{spec.steps} dense vision steps on {spec.scenes} scenes")
@@ -658,7 +660,7 @@ def _vision_pretrain(
     }
     _write_atomic(marker, json.dumps(record) + "\n")
     events.log("trained", key, stage="vision", seconds=record["seconds"])
-    return export
+    return record
 
 
 def _vision_note(spec: VisionPretrainSpec, records: Mapping[int, Mapping[str, Any]]) -> str:
@@ -733,10 +735,8 @@ def run_sweep(
         if unit.arm == "_pretrain":
             vision = None
             if sweep.vision_pretrain is not None:
-                vision = _vision_pretrain(sweep, unit, out, events, progress)
-                vision_notes[unit.seed] = json.loads(
-                    (vision.parent / "vision.done").read_text(encoding="utf-8")
-                )
+                vision_notes[unit.seed] = _vision_pretrain(sweep, unit, out, events, progress)
+                vision = Path(vision_notes[unit.seed]["export"])
             export, new = _run_unit(sweep, unit, out, stores, events, vision, progress)
             assert export is not None
             pretrain_exports[unit.seed] = export
