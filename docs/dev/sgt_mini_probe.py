@@ -40,6 +40,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional
 
+from sgt_data.scene_questions import scene_questions
 from sgt_data.scenes import SCENE_CLASSES, SceneConfig, generate_scene, semantic_map
 from sgt_models.config import ReferenceAdapterConfig
 from sgt_models.reference import ReferenceAdapter, configuration
@@ -56,16 +57,27 @@ class Scene:
     present: tuple[str, ...]
     classes: tuple[str, ...]  # one entry per object
     semantic: NDArray[np.uint8]  # category_id - 1, 255 = background
+    # the world's own training questions of the scene (``--questions``): (type, text, answer)
+    questions: tuple[tuple[str, str, str], ...] = ()
 
 
-def make_scenes(first: int, count: int, config: SceneConfig) -> list[Scene]:
+def make_scenes(
+    first: int, count: int, config: SceneConfig, questions: bool = False
+) -> list[Scene]:
     out = []
     for seed in range(first, first + count):
         scene = generate_scene(seed, config)
         classes = tuple(o.class_name for o in scene.objects)
         if classes:
+            asked = (
+                tuple(
+                    (q.question_type, q.question, q.answer) for q in scene_questions(scene, config)
+                )
+                if questions
+                else ()
+            )
             out.append(
-                Scene(scene.image, tuple(sorted(set(classes))), classes, semantic_map(scene))
+                Scene(scene.image, tuple(sorted(set(classes))), classes, semantic_map(scene), asked)
             )
     return out
 
@@ -197,6 +209,13 @@ def evaluate(probe: Probe, scenes: list[Scene], counting: bool) -> dict[str, flo
     return result
 
 
+def world_items(
+    pool: list[tuple[Scene, str, str]], n: int, rng: np.random.Generator
+) -> list[tuple[Scene, str, str | None]]:
+    """``n`` of the world's own training questions (``--questions``), drawn uniformly."""
+    return [pool[int(i)] for i in rng.integers(len(pool), size=n)]
+
+
 def training_items(
     scenes: list[Scene], n: int, rng: np.random.Generator, counting: bool
 ) -> list[tuple[Scene, str, str | None]]:
@@ -314,12 +333,18 @@ def main() -> None:
     parser.add_argument("--oracle-pretrain", type=int, default=0, metavar="STEPS")
     parser.add_argument("--init-from", default=None, help="an exported reference model folder")
     parser.add_argument("--freeze-lm", action="store_true", help="after the oracle: vision only")
+    parser.add_argument(
+        "--questions",
+        default=None,
+        help="train on the world's own questions (scene_questions) of these comma-separated "
+        "types, or 'all' (existence, counting, color, relation, depth), instead of the probe's mix",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     t0 = time.time()
     world = SceneConfig(**json.loads(args.world))
-    train = make_scenes(0, args.train_scenes, world)
+    train = make_scenes(0, args.train_scenes, world, questions=args.questions is not None)
     held_out = make_scenes(HELD_OUT_SEED, args.held_out_scenes, world)
     print(
         f"{len(train)} train / {len(held_out)} held-out scenes in {time.time() - t0:.0f}s",
@@ -371,13 +396,27 @@ def train_existence(
     params = [p for p in probe.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     stage = "oracle" if probe.oracle else "images"
+    pool: list[tuple[Scene, str, str]] = []
+    if args.questions is not None and not probe.oracle:
+        wanted = set(args.questions.split(","))
+        pool = [
+            (s, text, answer)
+            for s in train
+            for kind, text, answer in s.questions
+            if "all" in wanted or kind in wanted
+        ]
+        print(f"{len(pool)} world questions of types {sorted(wanted)}", flush=True)
     for step in range(steps + 1):
         if step % args.every == 0 or step == steps:
             result = evaluate(probe, held_out, args.counting)
             print(f"{stage} step {step} {result} {time.time() - t0:.0f}s", flush=True)
         if step == steps:
             break
-        loss = probe.loss(training_items(train, args.batch, rng, args.counting))
+        if pool:
+            items = world_items(pool, args.batch, rng)
+        else:
+            items = training_items(train, args.batch, rng, args.counting)
+        loss = probe.loss(items)
         opt.zero_grad()
         loss.backward()
         opt.step()
