@@ -171,6 +171,83 @@ def test_cap_is_a_deterministic_nested_subset_per_seed() -> None:
     assert max(subset(10, 1)) > 20
 
 
+def _typed_store(n: int = 30) -> MemoryStore:
+    """Understanding records tagged like a scene-world VQA store (question_type, a flag, a count)."""
+    rng = np.random.default_rng(1)
+    kinds = ("existence", "counting", "color")
+    records = [
+        MemoryRecord(
+            sample_id=f"q:{i}",
+            image=_photo(rng),
+            conversation=(
+                Turn(role="user", text=f"<image>Question {i}?"),
+                Turn(role="assistant", text="Yes."),
+            ),
+            metadata={"question_type": kinds[i % 3], "hard": i % 2 == 0, "count": i % 4},
+        )
+        for i in range(n)
+    ]
+    return MemoryStore("vqa-mem", records)
+
+
+def test_where_keeps_exactly_the_samples_whose_metadata_matches() -> None:
+    store = _typed_store(30)
+
+    def kept(where: dict[str, object], **kw: object) -> list[int]:
+        ds = SourceDataset(_source(TaskKind.UNDERSTANDING, where=where, **kw), store, seed=3)
+        return ds.indices.tolist()
+
+    assert kept({"question_type": ["existence", "counting"]}) == [
+        i for i in range(30) if i % 3 != 2
+    ]
+    # A scalar means a one-value list; every field must match.
+    assert kept({"question_type": "color", "hard": True}) == [
+        i for i in range(30) if i % 3 == 2 and i % 2 == 0
+    ]
+    # Types are matched exactly: 1 selects the count 1, not True; True selects only booleans.
+    assert kept({"count": 1}) == [i for i in range(30) if i % 4 == 1]
+    assert kept({"hard": True}) == [i for i in range(30) if i % 2 == 0]
+    # The cap draws from the filtered samples, and stays a nested subset of them.
+    small = kept({"question_type": ["existence"]}, max_samples=4)
+    large = kept({"question_type": ["existence"]}, max_samples=8)
+    assert len(small) == 4
+    assert set(small) < set(large) <= set(range(0, 30, 3))
+    # Samples are the store's own: the filtered dataset returns the matching records.
+    ds = SourceDataset(
+        _source(TaskKind.UNDERSTANDING, where={"question_type": ["counting"]}),
+        store,
+        include_metadata=True,
+    )
+    assert {ds[i].metadata["question_type"] for i in range(len(ds))} == {"counting"}
+
+
+def test_where_that_matches_nothing_names_the_source_and_what_the_store_holds() -> None:
+    store = _typed_store(9)
+    with pytest.raises(SgtDataError) as info:
+        SourceDataset(
+            _source(TaskKind.UNDERSTANDING, where={"question_type": ["existance"]}), store
+        )
+    message = str(info.value)
+    assert "\n" not in message
+    for named in ("'src'", "'vqa-mem'", "/stores/mem", "existance"):
+        assert named in message
+    for held in ("'color'", "'counting'", "'existence'"):
+        assert held in message
+    with pytest.raises(SgtDataError, match=r"question_kind: absent"):
+        SourceDataset(_source(TaskKind.UNDERSTANDING, where={"question_kind": ["x"]}), store)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [({}, "at least one metadata field"), ({"question_type": []}, "list no values")],
+)
+def test_where_without_values_is_rejected_by_the_schema(
+    where: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        _source(TaskKind.UNDERSTANDING, where=where)
+
+
 def test_source_without_samples_of_its_task_is_refused_by_name() -> None:
     store = _store(4)
     with pytest.raises(SgtDataError, match=r"'src'.*'mem'.*no depth samples"):

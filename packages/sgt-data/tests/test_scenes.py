@@ -481,3 +481,21 @@ def test_world_goes_through_the_real_converters(world: WorldPaths, tmp_path: Pat
     assert instances.num_samples == stuff.num_samples == _NUM_EVAL
     assert vqa.num_samples == len(_read_jsonl(split.vqa))
     assert instances.skipped == stuff.skipped == vqa.skipped == ()
+    # A mixture source can train on chosen question types: exactly the JSONL's records of them.
+    from sgt_data.datasets import SourceDataset
+    from sgt_data.schema import MixtureSource, TaskKind
+    from sgt_data.store import SampleStore
+
+    chosen = ("existence", "counting")
+    source = MixtureSource(
+        name="vqa",
+        store=str(tmp_path / "vqa"),
+        task=TaskKind.UNDERSTANDING,
+        where={"question_type": chosen},
+    )
+    dataset = SourceDataset(source, SampleStore.open(tmp_path / "vqa"))
+    expected = [r for r in _read_jsonl(split.vqa) if r["metadata"]["question_type"] in chosen]
+    assert 0 < len(dataset) < vqa.num_samples
+    assert [(dataset[i].sample_id, dataset[i].answer) for i in range(len(dataset))] == [
+        (f"scene-vqa:{r['id']}", r["conversations"][-1]["value"]) for r in expected
+    ]

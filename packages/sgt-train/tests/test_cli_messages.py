@@ -109,6 +109,13 @@ def _problem_case(case: str, root: Path, stores: DemoStores) -> tuple[list[str],
     if case == "no samples of the task":
         sets = [f"data.sources.0.store={stores.scenes}", f"data.sources.1.store={stores.scenes}"]
         return sets, ["source 'vqa'", f"store {stores.scenes} holds no understanding samples"]
+    if case == "where matches nothing":
+        sets = [
+            f"data.sources.0.store={stores.scenes}",
+            f"data.sources.1.store={stores.vqa}",
+            "data.sources.1.where={question_type: [existance]}",
+        ]
+        return sets, ["data.sources.vqa.where", "'existance'", "'existence'", "'counting'"]
     sets = [
         f"data.sources.0.store={stores.scenes}",
         f"data.sources.1.store={stores.vqa}",
@@ -118,7 +125,8 @@ def _problem_case(case: str, root: Path, stores: DemoStores) -> tuple[list[str],
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "not a store", "no samples of the task", "0 per epoch"]
+    "case",
+    ["missing", "not a store", "no samples of the task", "where matches nothing", "0 per epoch"],
 )
 def test_validate_reports_unusable_stores(
     case: str,

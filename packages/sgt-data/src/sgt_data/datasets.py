@@ -12,8 +12,11 @@ depends on the task:
   the first question and its answer, no history);
 - text-to-image: the caption (metadata key ``"caption"``) as instruction and the image as target.
 
-``max_samples`` keeps a fixed random subset of the eligible samples, chosen by the seed and the
-source name; subsets are nested (the 2k subset lies inside the 100k subset of the same seed).
+``where`` keeps only the samples whose per-sample metadata matches (e.g. the question types of a
+VQA store: ``{"question_type": ["existence", "counting"]}``); it reads each candidate's metadata
+once, when the dataset is built. ``max_samples`` then keeps a fixed random subset of the eligible
+samples, chosen by the seed and the source name; subsets are nested (the 2k subset lies inside
+the 100k subset of the same seed).
 """
 
 from __future__ import annotations
@@ -256,6 +259,8 @@ class SourceDataset:
                 f"source {self.source.name!r}: store {self.reader.name!r} at "
                 f"{self.source.store!r} holds no {task.value} samples (variant {variant!r})"
             )
+        if self.source.where is not None:
+            found = self._matching(found)
         cap = self.source.max_samples
         if cap is not None and cap < found.size:
             order = permutation(found.size, self.seed, stable_hash(self.source.name), _CAP_STREAM)
@@ -268,6 +273,46 @@ class SourceDataset:
                 found.size,
             )
         return found
+
+    def _matching(self, found: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The indices among ``found`` whose metadata satisfies ``source.where`` (one metadata
+        read per candidate, once per dataset); none matching is an error naming what the store
+        holds for each field."""
+        where = self.source.where or {}
+        # Match on (type, value) so that 1 does not select True, nor "1" select 1.
+        wanted = {k: {(type(v), v) for v in values} for k, values in where.items()}
+        seen: dict[str, set[str]] = {k: set() for k in where}
+        keep = np.zeros(found.size, dtype=bool)
+        for j, index in enumerate(found.tolist()):
+            meta = self.reader.read_metadata(index)
+            ok = True
+            for key, allowed in wanted.items():
+                value = meta.get(key)
+                if value is None:
+                    ok = False
+                    continue
+                if len(seen[key]) < 50:
+                    seen[key].add(repr(value))
+                if (type(value), value) not in allowed:
+                    ok = False
+            keep[j] = ok
+        if not keep.any():
+            held = "; ".join(
+                f"{k}: {', '.join(sorted(v)) if v else 'absent'}" for k, v in seen.items()
+            )
+            raise SgtDataError(
+                f"source {self.source.name!r}: no {self.task.value} sample of store "
+                f"{self.reader.name!r} at {self.source.store!r} matches where="
+                f"{ {k: list(v) for k, v in where.items()} }; the store holds {held}"
+            )
+        logger.info(
+            "source %s: where=%s keeps %d of %d samples",
+            self.source.name,
+            where,
+            int(keep.sum()),
+            found.size,
+        )
+        return found[keep]
 
     def __len__(self) -> int:
         return int(self.indices.size)

@@ -253,6 +253,35 @@ class MixtureSource(BaseModel):
     max_samples: int | None = Field(
         default=None, ge=1, description="cap on distinct samples used (data-scale studies)"
     )
+    where: dict[str, tuple[str | int | float | bool, ...]] | None = Field(
+        default=None,
+        description=(
+            "keep only samples whose per-sample metadata field equals one of the listed values, "
+            "e.g. {question_type: [existence, counting]}; every field must match (before "
+            "max_samples)"
+        ),
+    )
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _listify_where(cls, where: Any) -> Any:
+        if isinstance(where, dict):  # {question_type: existence} means [existence]
+            return {k: v if isinstance(v, (list, tuple)) else [v] for k, v in where.items()}
+        return where
+
+    @field_validator("where")
+    @classmethod
+    def _check_where(
+        cls, where: dict[str, tuple[str | int | float | bool, ...]] | None
+    ) -> dict[str, tuple[str | int | float | bool, ...]] | None:
+        if where is None:
+            return None
+        if not where:
+            raise ValueError("where must name at least one metadata field (or be omitted)")
+        empty = sorted(k for k, v in where.items() if not v)
+        if empty:
+            raise ValueError(f"where: fields {empty} list no values; nothing could match")
+        return where
 
 
 class MixtureConfig(BaseModel):

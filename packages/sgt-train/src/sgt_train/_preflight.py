@@ -203,7 +203,7 @@ def check_data(config: RunConfig, world_size: int = 1) -> DataCheck:
     holds no samples of a source's task, a mixture that cannot be laid out, and a source that
     gets no samples in an epoch; otherwise the per-epoch sample counts. Relative store paths
     are resolved from the current directory, as ``fit`` does. Reads manifests and sample
-    indices only, never a sample.
+    indices only, never a sample (a source's ``where`` filter reads its candidates' metadata).
     """
     from sgt_data.datasets import SourceDataset
     from sgt_data.errors import SgtDataError
@@ -246,7 +246,11 @@ def check_data(config: RunConfig, world_size: int = 1) -> DataCheck:
         reader = readers[source.store]
         try:
             dataset = SourceDataset(source, reader, seed=config.data.seed)
-        except SgtDataError:
+        except SgtDataError as exc:
+            if source.where is not None and reader.manifest.task_counts.get(source.task, 0):
+                # the task is there; the metadata filter matches none of it (the error says so)
+                check.problems.append(f"data.sources.{source.name}.where: {exc}")
+                continue
             variant = (
                 "instance"
                 if source.task.value == "segmentation" and source.task_variant is None
