@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--world", default="{}", help="SceneConfig fields as JSON")
     parser.add_argument("--init-from", default=None, help="an exported model folder")
+    parser.add_argument(
+        "--inference-steps", default="16", help="comma-separated sampling step counts to draw with"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     t0 = time.time()
@@ -66,21 +69,24 @@ def main() -> None:
     print(f"trained {args.steps} steps in {time.time() - t0:.0f}s", flush=True)
     data = load_segmentation_set(stores.eval_semantic, args.eval_images)
     adapter = load_adapter(weights).eval()
-    settings = EvalSettings(seed=args.seed, batch_size=8, max_new_tokens=8, num_inference_steps=16)
-    result, maps = _segment(adapter, data, settings, None)  # type: ignore[arg-type]
-    k = NUM_SCENE_CLASSES  # background and the six shapes
-    confusion = np.zeros((k, k), dtype=np.int64)
-    for drawn, truth in zip(maps, data.labels, strict=True):
-        pred = np.asarray(data.renderer.inverse(drawn), dtype=np.int64)
-        t = np.asarray(truth, dtype=np.int64)
-        ok = (t >= 0) & (t < k) & (pred >= 0) & (pred < k)
-        confusion += np.bincount(k * t[ok] + pred[ok], minlength=k * k).reshape(k, k)
-    inter = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    print(f"metrics {result.metrics}", flush=True)
-    print("per-class IoU (background first): " + " ".join(f"{100 * v:.1f}" for v in iou))
-    np.save(out / "maps.npy", np.stack(maps))
+    for steps in [int(n) for n in args.inference_steps.split(",")]:
+        settings = EvalSettings(
+            seed=args.seed, batch_size=8, max_new_tokens=8, num_inference_steps=steps
+        )
+        result, maps = _segment(adapter, data, settings, None)  # type: ignore[arg-type]
+        k = NUM_SCENE_CLASSES  # background and the six shapes
+        confusion = np.zeros((k, k), dtype=np.int64)
+        for drawn, truth in zip(maps, data.labels, strict=True):
+            pred = np.asarray(data.renderer.inverse(drawn), dtype=np.int64)
+            t = np.asarray(truth, dtype=np.int64)
+            ok = (t >= 0) & (t < k) & (pred >= 0) & (pred < k)
+            confusion += np.bincount(k * t[ok] + pred[ok], minlength=k * k).reshape(k, k)
+        inter = np.diag(confusion)
+        union = confusion.sum(0) + confusion.sum(1) - inter
+        iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+        print(f"{steps} sampling steps: metrics {result.metrics}", flush=True)
+        print("per-class IoU (background first): " + " ".join(f"{100 * v:.1f}" for v in iou))
+        np.save(out / f"maps-{steps}.npy", np.stack(maps))
     print(f"done in {time.time() - t0:.0f}s", flush=True)
 
 

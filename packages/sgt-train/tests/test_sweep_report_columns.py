@@ -4,10 +4,14 @@ whether a table lists no columns or names the aggregates ``perception`` / ``reas
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sgt_train.sweep_report import (
     PAPER_COLUMNS,
     SweepReport,
     markdown_report,
+    plot_name,
+    plot_sweep,
     summarize,
     table_columns,
 )
@@ -58,3 +62,18 @@ def test_perception_and_reasoning_columns_read_the_eval_report_aggregates() -> N
     got = table_columns(report, report.tables[0])
     assert [c["metric"] for c in got] == _PAPER[:2]
     assert columns[0]["metric"] == "perception"  # the table spec itself is left alone
+
+
+def test_the_markdown_links_each_written_plot_under_its_table(tmp_path: Path) -> None:
+    report = _report([{"title": "Proxy-task ablation", "arms": ["base", "seg"], "columns": []}])
+    written = plot_sweep(report, tmp_path / "plots")
+    columns = table_columns(report, report.tables[0])
+    # one plot per column, named after its metric, every one a PNG
+    assert [p.name for p in written] == [plot_name(0, c["metric"]) for c in columns]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert plot_name(0, "scene-pope/overall/f1_mean") == "table0-scene-pope_overall_f1_mean.png"
+    markdown = markdown_report(report, [str(p.relative_to(tmp_path)) for p in written])
+    line = next(x for x in markdown.splitlines() if x.startswith("Plots"))
+    assert "[perception](plots/table0-scene-perception_default_score.png)" in line
+    assert line.count("](plots/") == len(columns)
+    assert "Plots" not in markdown_report(report)  # nothing linked that was not written

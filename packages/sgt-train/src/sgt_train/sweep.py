@@ -792,8 +792,9 @@ def write_sweep_report(
     )  # fmt: skip
     report_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(report_dir / "report.json", report.model_dump_json(indent=2) + "\n")
-    _write_atomic(report_dir / "report.md", markdown_report(report))
-    plot_sweep(report, report_dir / "plots")
+    plots = plot_sweep(report, report_dir / "plots")
+    links = [str(p.relative_to(report_dir)) for p in plots]
+    _write_atomic(report_dir / "report.md", markdown_report(report, links))
     return report
 
 

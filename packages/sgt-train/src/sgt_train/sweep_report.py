@@ -8,6 +8,7 @@ fraction, quantiles by bisection on it) so that sgt-train needs no scipy.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -327,10 +328,16 @@ def _diff(c: PairedComparison | None) -> str:
     return f" ({c.mean_diff:+.1f}, p={c.p_value:.2g})"
 
 
-def markdown_report(report: SweepReport) -> str:
+def plot_name(table: int, metric: str) -> str:
+    """The file name of a table column's plot: ``table<N>-<metric, '/' as '_'>.png``."""
+    return f"table{table}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', metric)}.png"
+
+
+def markdown_report(report: SweepReport, plots: Sequence[str] = ()) -> str:
     """The sweep's tables as Markdown: per table, rows = arms (their labels), columns = metrics;
     a cell is ``mean ± CI half-width`` and, for an arm compared with another, the mean paired
-    difference and its p-value."""
+    difference and its p-value. ``plots``: the plot files written (relative to the report), linked
+    under their table."""
     pairs = {(c.arm, c.metric): c for c in report.comparisons}
     against = {c.arm: c.against for c in report.comparisons}
     lines = [f"# Sweep {report.sweep}", ""]
@@ -344,7 +351,7 @@ def markdown_report(report: SweepReport) -> str:
     if report.missing:
         lines += ["", f"**Incomplete:** no report for {', '.join(report.missing)}."]
     tables = report.tables or [{"title": "All arms", "arms": report.arms, "columns": []}]
-    for table in tables:
+    for n, table in enumerate(tables):
         columns = table_columns(report, table)
         lines += ["", f"## {table['title']}", ""]
         lines.append("| arm | vs | " + " | ".join(c["label"] for c in columns) + " |")
@@ -356,6 +363,14 @@ def markdown_report(report: SweepReport) -> str:
             ]
             vs = report.labels.get(against[arm], against[arm]) if arm in against else ""
             lines.append(f"| {report.labels.get(arm, arm)} | {vs} | " + " | ".join(cells) + " |")
+        links = [
+            f"[{c['label']}]({path})"
+            for c in columns
+            for path in plots
+            if Path(path).name == plot_name(n, c["metric"])
+        ]
+        if links:
+            lines += ["", "Plots (mean ± 95% CI): " + ", ".join(links) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -378,7 +393,7 @@ def plot_sweep(report: SweepReport, folder: Path) -> list[Path]:
     for n, table in enumerate(tables):
         columns = table_columns(report, table)
         xs: dict[str, float] = dict(table.get("x") or {})
-        for k, col in enumerate(columns):
+        for col in columns:
             rows = [(a, report.summary(a, col["metric"])) for a in table["arms"]]
             present = [(a, s) for a, s in rows if s is not None]
             if not present:
@@ -394,10 +409,13 @@ def plot_sweep(report: SweepReport, folder: Path) -> list[Path]:
                 labels = [report.labels.get(a, a) for a, _ in present]
                 ax.bar(range(len(present)), means, yerr=errs, capsize=4, color="#4C72B0")
                 ax.set_xticks(range(len(present)), labels, rotation=20, ha="right")
-            ax.set_ylabel(col["label"])
-            ax.set_title(f"{table['title']}: {col['label']} (mean ± 95% CI, n={len(report.seeds)})")
+            ax.set_ylabel(col["label"], fontsize=8)
+            ax.set_title(
+                f"{table['title']}: {col['label']}\n(mean ± 95% CI, n={len(report.seeds)} seeds)",
+                fontsize=9,
+            )
             fig.tight_layout()
-            path = folder / f"table{n}-col{k}.png"
+            path = folder / plot_name(n, col["metric"])
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
