@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,19 @@ import pytest
 from sgt_data.cli import _parser, main
 from sgt_data.convert.example import write_voc_coco
 from sgt_data.store import JOURNAL_FILE
+
+
+@pytest.fixture
+def sigint_deliverable() -> Iterator[None]:
+    """Children that can receive SIGINT: a job started in the background by a non-interactive
+    shell (``cmd &``, ``nohup``) inherits SIGINT ignored, and so would every process it spawns
+    (an ignored signal survives ``exec``), which makes a Ctrl-C test fail for its runner's sake."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +186,7 @@ def test_a_worker_killed_by_the_os_is_a_message(source: tuple[Path, Path], tmp_p
     assert "run the same command to resume" in err
 
 
+@pytest.mark.usefixtures("sigint_deliverable")
 def test_ctrl_c_stops_a_conversion_with_one_line(source: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "s"
     proc = _slow_convert(source, out, workers=1)

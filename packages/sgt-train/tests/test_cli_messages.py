@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,19 @@ from sgt_train.demo.stores import DemoStores, build_stores
 from sgt_train.recipes import recipe_names
 
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def sigint_deliverable() -> Iterator[None]:
+    """Children that can receive SIGINT: a job started in the background by a non-interactive
+    shell (``cmd &``, ``nohup``) inherits SIGINT ignored, and so would every process it spawns
+    (an ignored signal survives ``exec``), which makes a Ctrl-C test fail for its runner's sake."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +195,7 @@ def test_fit_data_error_is_one_line(stores: DemoStores, tmp_path: Path) -> None:
     assert proc.returncode == 1
 
 
+@pytest.mark.usefixtures("sigint_deliverable")
 def test_ctrl_c_stops_fit_with_one_line_and_status_130(stores: DemoStores, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     args = ["fit", "tiny-sgt", "--set", "checkpoint.every=2", *_fit_overrides(stores, runs)]
@@ -223,6 +238,7 @@ def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert b"BrokenPipeError" not in err, err
 
 
+@pytest.mark.usefixtures("sigint_deliverable")
 def test_ctrl_c_stops_the_demo_with_one_line_and_status_130(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     args = ["demo", "--size", "tiny", "--out", str(out), "--no-progress"]
