@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 from sgt_data.datasets import (
     MemoryRecord,
     MemoryStore,
+    NoMatchError,
     SampleFormatError,
     SourceDataset,
     StoreReader,
@@ -223,7 +224,7 @@ def test_where_keeps_exactly_the_samples_whose_metadata_matches() -> None:
 
 def test_where_that_matches_nothing_names_the_source_and_what_the_store_holds() -> None:
     store = _typed_store(9)
-    with pytest.raises(SgtDataError) as info:
+    with pytest.raises(NoMatchError) as info:
         SourceDataset(
             _source(TaskKind.UNDERSTANDING, where={"question_type": ["existance"]}), store
         )

@@ -43,6 +43,7 @@ from sgt_data.schema import (
 __all__ = [
     "MemoryRecord",
     "MemoryStore",
+    "NoMatchError",
     "SampleFormatError",
     "SourceDataset",
     "StoreReader",
@@ -105,6 +106,10 @@ class StoreReader(Protocol):
 
 class SampleFormatError(SgtDataError):
     """A stored sample cannot form a training sample (bad conversation, missing caption, ...)."""
+
+
+class NoMatchError(SgtDataError):
+    """A source's ``where`` filter matches none of the store's samples of its task."""
 
 
 def permutation(n: int, *key: int) -> NDArray[np.int64]:
@@ -300,7 +305,7 @@ class SourceDataset:
             held = "; ".join(
                 f"{k}: {', '.join(sorted(v)) if v else 'absent'}" for k, v in seen.items()
             )
-            raise SgtDataError(
+            raise NoMatchError(
                 f"source {self.source.name!r}: no {self.task.value} sample of store "
                 f"{self.reader.name!r} at {self.source.store!r} matches where="
                 f"{ {k: list(v) for k, v in where.items()} }; the store holds {held}"

@@ -205,7 +205,7 @@ def check_data(config: RunConfig, world_size: int = 1) -> DataCheck:
     are resolved from the current directory, as ``fit`` does. Reads manifests and sample
     indices only, never a sample (a source's ``where`` filter reads its candidates' metadata).
     """
-    from sgt_data.datasets import SourceDataset
+    from sgt_data.datasets import NoMatchError, SourceDataset
     from sgt_data.errors import SgtDataError
     from sgt_data.mixing import MixtureSampler
     from sgt_data.remote import is_url
@@ -246,11 +246,10 @@ def check_data(config: RunConfig, world_size: int = 1) -> DataCheck:
         reader = readers[source.store]
         try:
             dataset = SourceDataset(source, reader, seed=config.data.seed)
-        except SgtDataError as exc:
-            if source.where is not None and reader.manifest.task_counts.get(source.task, 0):
-                # the task is there; the metadata filter matches none of it (the error says so)
-                check.problems.append(f"data.sources.{source.name}.where: {exc}")
-                continue
+        except NoMatchError as exc:  # the task is there; the where filter matches none of it
+            check.problems.append(f"data.sources.{source.name}.where: {exc}")
+            continue
+        except SgtDataError:
             variant = (
                 "instance"
                 if source.task.value == "segmentation" and source.task_variant is None
