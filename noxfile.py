@@ -8,6 +8,7 @@
     nox -s bench       the benchmarks of every package (ratios against references, same process)
     nox -s fuzz        the full-length fuzz tests
     nox -s demo        the end-to-end CPU demo
+    nox -s demo-base   rebuild the demo's shipped base model (the sgt-mini sweep's seed-0 base)
 
 Torch: CI and this machine use the CPU build (``torch==2.13.0`` from the local wheel folder).
 Set ``SGT_TORCH_SPEC`` to choose another build (e.g. ``SGT_TORCH_SPEC="torch"`` on a GPU host to
@@ -221,3 +222,20 @@ def demo(session: nox.Session) -> None:
     _install_torch(session)
     _install_packages(session, list(PACKAGES))
     session.run("sgt-train", "demo", "--out", str(ROOT / "sgt-demo"), *session.posargs)
+
+
+@nox.session(name="demo-base", python=PYTHON)
+def demo_base(session: nox.Session) -> None:
+    """Rebuild the demo's shipped base model and its PROVENANCE.json (about 15 minutes on 2 cores).
+
+    Trains the ``sgt-mini`` sweep's world, vision encoder and seed-0 base into
+    ``.cache/demo-base`` (reused when present) and writes it in bfloat16 to
+    ``packages/sgt-train/src/sgt_train/demo/base/``; ``tests/test_demo_base.py`` checks the result.
+    """
+    session.env.update(ENV)
+    _install_torch(session)
+    _install_packages(session, list(PACKAGES))
+    session.run(
+        "python", "-m", "sgt_train.demo.base", "--work", str(ROOT / ".cache" / "demo-base"),
+        "--out", _pkg("sgt-train") + "/src/sgt_train/demo/base", *session.posargs,
+    )  # fmt: skip

@@ -20,6 +20,8 @@ from PIL import Image
 from sgt_data import write_world
 from sgt_eval.benchmarks.understanding import VQABenchmark
 from sgt_eval.report import EvalReport
+from sgt_train.config import load_run_config
+from sgt_train.demo.base import shipped_base
 from sgt_train.demo.evaluation import load_scene_vqa
 
 EXPECTED_RESULTS = {
@@ -154,7 +156,9 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
             assert 150 <= im.height <= 4000, (name, im.size)
             assert len(set(np.asarray(im.convert("L")).ravel().tolist())) > 8, f"{name} is blank"
 
-    # only SGT trained on segmentation; control and SGT saw the same VQA micro-batches, in order
+    # only SGT trained on segmentation, at every step; control and SGT drew the same VQA
+    # samples in the same order (each VQA source's draws in one run are a prefix of the other's,
+    # and the counts differ by less than one micro-batch: SGT runs three times the steps)
     def rows_of(run: str) -> list[dict]:
         return [
             json.loads(line)
@@ -162,25 +166,36 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
         ]
 
     assert not any("segmentation/mse" in r for r in rows_of("control"))
-    assert sum("segmentation/mse" in r for r in rows_of("sgt")) == 2 * len(rows_of("control"))
-    assert _vqa_stream(out / "runs" / "control") == _vqa_stream(out / "runs" / "sgt")
+    assert all("segmentation/mse" in r and "understanding/ce" in r for r in rows_of("sgt"))
+    assert len(rows_of("sgt")) == 3 * len(rows_of("control"))
+    control, sgt = _vqa_streams(out / "runs" / "control"), _vqa_streams(out / "runs" / "sgt")
+    assert set(control) == set(sgt) == {"exist", "count"}
+    batch = load_run_config(out / "runs" / "control" / "run_config.yaml").micro_batch_size
+    for name in control:
+        shorter, longer = sorted((control[name], sgt[name]), key=len)
+        assert len(shorter) > 0
+        assert longer[: len(shorter)] == shorter, name
+        assert len(longer) - len(shorter) < batch, (name, len(control[name]), len(sgt[name]))
+    # the base is the shipped one, evaluated as is
+    assert reports["base"].model_path == str(shipped_base())
 
 
-def _vqa_stream(run_dir: Path) -> list[list[int]]:
-    """The VQA store indices of each VQA micro-batch a run's mixture drew over its steps."""
+def _vqa_streams(run_dir: Path) -> dict[str, list[int]]:
+    """Per understanding source: the store indices a run's mixture drew, in order, over its
+    steps."""
     from sgt_data.mixing import MixtureSampler, build_datasets
     from sgt_data.store import SampleStore
-    from sgt_train.config import load_run_config
 
     config = load_run_config(run_dir / "run_config.yaml")
     datasets = build_datasets(config.data, SampleStore.open)
     sampler = MixtureSampler.from_config(
         config.data, [len(d) for d in datasets], micro_batch_size=config.micro_batch_size
     )
-    vqa = [s.name for s in config.data.sources].index("vqa")
-    batches = []
+    names = [s.name for s in config.data.sources]
+    vqa = {i for i, s in enumerate(config.data.sources) if s.task.value == "understanding"}
+    streams: dict[str, list[int]] = {names[i]: [] for i in vqa}
     for step in range(config.steps):
-        keys = sampler.plan(step // sampler.steps_per_epoch, step % sampler.steps_per_epoch)
-        if keys[0].source == vqa:
-            batches.append([int(datasets[vqa].indices[k.item]) for k in keys])
-    return batches
+        for key in sampler.plan(step // sampler.steps_per_epoch, step % sampler.steps_per_epoch):
+            if key.source in vqa:
+                streams[names[key.source]].append(int(datasets[key.source].indices[key.item]))
+    return streams

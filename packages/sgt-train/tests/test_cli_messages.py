@@ -251,7 +251,7 @@ def test_ctrl_c_stops_the_demo_with_one_line_and_status_130(tmp_path: Path) -> N
         text=True,
     )
     deadline = time.monotonic() + 150
-    while not (out / "runs" / "base").is_dir():  # the data is written, training has started
+    while not (out / "runs" / "control").is_dir():  # the data is written, training has started
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the demo did not reach training within 150 s"
         time.sleep(0.05)
@@ -263,6 +263,6 @@ def test_ctrl_c_stops_the_demo_with_one_line_and_status_130(tmp_path: Path) -> N
     assert "Traceback" not in err, err[-3000:]
     lines = err.strip().splitlines()
     assert lines[-1] == (
-        "sgt-train demo: interrupted during stage 'train base'; the same command runs the demo "
+        "sgt-train demo: interrupted during stage 'train control'; the same command runs the demo "
         "again from the start (it does not resume)"
     ), err[-3000:]

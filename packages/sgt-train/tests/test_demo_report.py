@@ -168,12 +168,13 @@ def test_summary_states_the_rule_and_lists_exactly_the_notable_differences(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("matplotlib")
+    from sgt_train.demo.base import read_provenance, shipped_base
     from sgt_train.demo.evaluation import SegmentationSet
-    from sgt_train.demo.pipeline import DEMO_SIZES
+    from sgt_train.demo.pipeline import DEMO_SIZES, _arm_config
 
     reports = _reports()
     runs = {}
-    for model in reports:
+    for model in ("control", "sgt"):
         (tmp_path / "runs" / model).mkdir(parents=True)
         (tmp_path / "runs" / model / "metrics.jsonl").write_text(
             json.dumps({"step": 1, "understanding/ce": 1.0}) + "\n", encoding="utf-8"
@@ -192,6 +193,11 @@ def test_summary_states_the_rule_and_lists_exactly_the_notable_differences(
         size=DEMO_SIZES["tiny"],
         seeds={"world": 0},
         stage_seconds={"data": 1.0},
+        configs={
+            m: _arm_config(m, tmp_path, DEMO_SIZES["tiny"], 0, shipped_base())
+            for m in ("control", "sgt")
+        },
+        base=read_provenance(),
     )
     text = summary.read_text(encoding="utf-8")
     assert "|a − b| > sqrt(h_a^2 + h_b^2)" in text

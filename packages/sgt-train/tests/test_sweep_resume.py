@@ -216,3 +216,26 @@ def test_shipped_sweeps_are_valid_and_have_three_seeds(name: str) -> None:
     arms = [u.arm for u in plan_runs(sweep) if u.seed == sweep.seeds[0]]
     assert arms[0] == "_pretrain"
     assert len(arms) == len(sweep.arms) + 1
+
+
+def test_edge_world_without_opencv_is_one_line_before_anything_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else real(name, *a)
+    )
+    path = _sweep_file(tmp_path)
+    sweep = yaml.safe_load(path.read_text(encoding="utf-8"))
+    sweep["world"]["edge"] = True
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    code = cmd_sweep(argparse.Namespace(sweep_file=str(path), verbose=False))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.splitlines() == [
+        f"sgt-train sweep: error: {path}: world.edge: the edge store needs OpenCV, which is not "
+        "installed: pip install 'sgt-data[edge]' (or set world.edge: false and drop the edge arms)"
+    ]
+    assert not (tmp_path / "out" / "stores").exists()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -452,8 +453,9 @@ class _Events:
             os.fsync(f.fileno())
 
 
-def _build_world(sweep: SweepFile, out: Path) -> DemoStores:
-    """Build the world and its stores once; later calls reopen them (``stores.done``)."""
+def _build_world(sweep: SweepFile, out: Path, source: str | Path) -> DemoStores:
+    """Build the world and its stores once; later calls reopen them (``stores.done``).
+    ``source``: the sweep file, named in errors."""
     import dataclasses
 
     from sgt_data.scenes import SceneConfig, WorldPaths, WorldSplitPaths
@@ -462,6 +464,11 @@ def _build_world(sweep: SweepFile, out: Path) -> DemoStores:
     folder = out / "stores"
     marker = folder / "stores.done"
     wanted = sweep.world.model_dump(mode="json")
+    if sweep.world.edge and not marker.is_file() and importlib.util.find_spec("cv2") is None:
+        raise SweepError(
+            f"{source}: world.edge: the edge store needs OpenCV, which is not installed: "
+            "pip install 'sgt-data[edge]' (or set world.edge: false and drop the edge arms)"
+        )
     if marker.is_file():
         record = json.loads(marker.read_text(encoding="utf-8"))
         if record["world"] != wanted:
@@ -713,7 +720,7 @@ def run_sweep(
     events = _Events(out / "events.jsonl")
     if len(sweep.seeds) < 3:
         _log.warning("%s: %d seed(s): intervals need at least 3", path, len(sweep.seeds))
-    stores = _build_world(sweep, out)
+    stores = _build_world(sweep, out, path)
     set_single_process_env()
     pretrain_exports: dict[int, Path] = {}
     vision_notes: dict[int, dict[str, Any]] = {}

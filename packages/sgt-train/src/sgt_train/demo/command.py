@@ -60,7 +60,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from sgt_train.demo.pipeline import DEMO_SIZES, run_demo
+    from sgt_train.demo.pipeline import DEMO_SIZES, demo_scene_config, run_demo
     from sgt_train.launch import distributed_exit
 
     start = time.perf_counter()
@@ -71,8 +71,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         spec = DEMO_SIZES[args.size]
         try:
             stores = build_stores(
-                Path(args.out), num_train=spec.num_train, num_eval=spec.num_eval, seed=args.seed
-            )
+                Path(args.out), num_train=spec.num_train, num_eval=spec.num_eval,
+                seed=args.seed, config=demo_scene_config(),
+            )  # fmt: skip
         except KeyboardInterrupt:
             if getattr(args, "debug", False):
                 raise
@@ -129,9 +130,10 @@ def add_demo_command(sub: Any) -> argparse.ArgumentParser:
         "demo",
         help="the whole SGT loop on a CPU in minutes (data, training, evaluation, report)",
         description=(
-            "Generate the synthetic scene world, convert it into stores, train the tiny reference "
-            "model with DeepSpeed (base, then a VQA-only control and SGT from the base), evaluate "
-            "all three on held-out scenes and write a report to OUT/report."
+            "Generate the synthetic scene world, convert it into stores, post-train the shipped "
+            "tiny base model with DeepSpeed (a VQA-only control and SGT, the sgt-mini sweep's "
+            "vqa-only and segmentation arms), evaluate base, control and SGT on held-out scenes "
+            "and write a report to OUT/report."
         ),
     )
     demo.add_argument(

@@ -1,13 +1,15 @@
-"""The end-to-end CPU demo: scene world -> stores -> base / control / SGT training -> evaluation
--> report. :func:`run_demo` is the library entry point; ``sgt-train demo`` draws the progress bars.
+"""The end-to-end CPU demo: scene world -> stores -> control / SGT post-training of the shipped
+base -> evaluation -> report. :func:`run_demo` is the library entry point; ``sgt-train demo``
+draws the progress bars.
 
-Design of the comparison: a short base stage trains understanding and text-to-image from scratch;
-from that base, the **control** post-trains on VQA only and **SGT** post-trains on segmentation :
-VQA = 2 : 1 (interleaved micro-batches, pattern ``vqa, seg, seg``). Both see the
-**same VQA samples in the same order** (same source name, store and mixture seed, so the VQA stream
-is identical, as long as the control stays within one pass over the VQA store, which holds at the
-shipped sizes; the integration test checks it); SGT therefore runs three times the control's steps, the extra two thirds being
-segmentation. Any difference between them comes from adding the segmentation task.
+Design of the comparison: every model starts from the **shipped base** (:mod:`sgt_train.demo.base`:
+the ``sgt-mini`` sweep's seed-0 base, a tiny reference model that perceives existence; training it
+takes longer than the demo's budget). From it, the **control** and **SGT** are the sweep's
+``vqa-only`` and ``segmentation`` arms at the demo's seed: the control post-trains on existence :
+counting questions 1 : 1, SGT on the same questions mixed within each micro-batch with
+segmentation at segmentation : VQA = 2 : 1, for three times the control's steps. Both see the
+**same VQA samples in the same order** (same sources, stores and mixture seed; the integration
+test checks it), so any difference between them comes from adding the segmentation task.
 """
 
 from __future__ import annotations
@@ -20,20 +22,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from sgt_eval.report import EvalReport, EvalSettings
 
 if TYPE_CHECKING:
+    from sgt_data.scenes import SceneConfig
     from sgt_models.protocol import UnifiedModelAdapter
     from sgt_train.config import RunConfig
 
-__all__ = ["DEMO_SIZES", "DemoResult", "DemoSize", "run_demo"]
+__all__ = ["DEMO_SIZES", "DemoResult", "DemoSize", "demo_scene_config", "run_demo"]
 
 _log = logging.getLogger(__name__)
 
 #: ``progress(stage, done, total)``; a new stage name starts a new stage.
 StageProgress = Callable[[str, int, int], None]
+
+#: the sweep whose arms the control and SGT are, and the arms
+SWEEP = "sgt-mini"
+ARMS = {"control": "vqa-only", "sgt": "segmentation"}
 
 
 @dataclass(frozen=True)
@@ -43,21 +50,17 @@ class DemoSize:
     name: str
     num_train: int
     num_eval: int
-    base_steps: int
-    #: control steps; SGT runs three times as many (the same VQA micro-batches plus segmentation)
-    post_steps: int
-    micro_batch_size: int
     #: None: every held-out question (at 240 scenes, 400+ items per benchmark: a 95 % band of
     #: at most about 5 points at p = 0.5)
     max_questions: int | None
     max_prompts: int
     seg_images: int
     inference_steps: int
-    lr: float = 2e-3
-    #: the reference model's ``spatial_condition``: the generator also reads the LM's states at the
-    #: image tokens on the latent grid (maps land where the objects are: mIoU 12.7 -> 19.1 after
-    #: 600 segmentation steps, docs/dev/sgt-mini-findings.md)
-    spatial_condition: bool = True
+    #: control steps (SGT runs three times as many: the same VQA samples plus segmentation);
+    #: None: the sweep arms' own (100 and 300)
+    post_steps: int | None = None
+    #: None: the sweep arms' own (32)
+    micro_batch_size: int | None = None
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
@@ -65,21 +68,17 @@ DEMO_SIZES: dict[str, DemoSize] = {
         name="tiny",
         num_train=48,
         num_eval=16,
-        base_steps=12,
-        post_steps=6,
-        micro_batch_size=4,
         max_questions=48,
         max_prompts=12,
         seg_images=8,
         inference_steps=8,
+        post_steps=4,
+        micro_batch_size=6,
     ),
     "default": DemoSize(
         name="default",
-        num_train=400,
+        num_train=2000,
         num_eval=240,
-        base_steps=400,
-        post_steps=100,
-        micro_batch_size=8,
         max_questions=None,
         max_prompts=60,
         seg_images=32,
@@ -103,46 +102,42 @@ class DemoResult:
     total_seconds: float = 0.0
 
 
-def _run_config(
-    name: str,
-    out_dir: Path,
-    size: DemoSize,
-    seed: int,
-    sources: list[dict[str, Any]],
-    pattern: list[str],
-    steps: int,
-    init_from: Path | None,
-) -> RunConfig:
-    from sgt_train.config import validate_run_config
+def demo_scene_config() -> SceneConfig:
+    """The scene config of the world the shipped base was trained on (its provenance record)."""
+    from sgt_data.scenes import SceneConfig
+    from sgt_train.demo.base import read_provenance
 
-    return validate_run_config(
-        {
-            "name": name,
-            "output_dir": str(out_dir / "runs"),
-            "seed": seed,
-            "model": {
-                "kind": "reference",
-                "size": "tiny",
-                "image_size": 64,
-                "spatial_condition": size.spatial_condition,
-            },
-            "init_from": str(init_from) if init_from is not None else None,
-            "data": {"sources": sources, "mode": "interleave", "pattern": pattern, "seed": seed},
-            "optimizer": {"lr": size.lr, "eps": 1e-8, "weight_decay": 0.01},
-            "schedule": {
-                "kind": "cosine",
-                "warmup_steps": max(1, steps // 10),
-                "min_lr": size.lr / 10,
-            },
-            "loss_weights": {"ce": 1.5, "mse": 1.0},
-            "steps": steps,
-            "micro_batch_size": size.micro_batch_size,
-            "zero": {"stage": 2},
-            "checkpoint": {"every": steps, "keep_last": 1},
-            "logging": {"every": 1, "tensorboard": False, "progress_bar": False},
-        },
-        source=f"demo run {name}",
-    )
+    world = read_provenance()["world"]
+    size = int(world["image_size"])
+    return SceneConfig(height=size, width=size, **world["scene"])
+
+
+def _arm_config(model: str, out_dir: Path, size: DemoSize, seed: int, base: Path) -> RunConfig:
+    """The sweep arm ``ARMS[model]``'s run config on the demo's stores, from ``base``."""
+    import yaml
+
+    from sgt_train._preflight import resolve_config
+    from sgt_train.config import apply_overrides, validate_run_config
+    from sgt_train.sweep import _store_paths, _substitute, load_sweep
+
+    sweep = load_sweep(SWEEP)
+    arm = next(a for a in sweep.arms if a.name == ARMS[model])
+    base_file = resolve_config(sweep.base.config)
+    data = yaml.safe_load(base_file.read_text(encoding="utf-8")) or {}
+    (stage,) = arm.stage_list()  # both arms are one stage
+    overrides = [*sweep.base.set, *stage.set]
+    overrides += [f"{f}={seed}" for f in sweep.seed_fields]
+    if size.post_steps is not None:
+        steps = size.post_steps * (3 if model == "sgt" else 1)
+        overrides += [f"steps={steps}", f"checkpoint.every={steps}"]
+    if size.micro_batch_size is not None:
+        overrides.append(f"micro_batch_size={size.micro_batch_size}")
+    overrides += [
+        f"name={model}", f"output_dir={out_dir / 'runs'}", f"init_from={base}", "logging.every=1",
+    ]  # fmt: skip
+    data = apply_overrides(data, _substitute(overrides, _store_paths(out_dir)))
+    data["model"]["image_size"] = sweep.world.image_size
+    return validate_run_config(data, f"demo run {model} (sweep {SWEEP}, arm {arm.name})")
 
 
 def _train(config: RunConfig, stage: str, progress: StageProgress | None) -> Path:
@@ -198,48 +193,20 @@ def run_demo(
 
         return call
 
+    from sgt_train.demo.base import read_provenance, shipped_base
+
+    base = shipped_base()
     t0 = time.perf_counter()
     stage("data")(0, 4)
     data = build_stores(
-        out, num_train=spec.num_train, num_eval=spec.num_eval, seed=seed, progress=stage("data")
-    )
+        out, num_train=spec.num_train, num_eval=spec.num_eval, seed=seed,
+        config=demo_scene_config(), progress=stage("data"),
+    )  # fmt: skip
     times["data"] = time.perf_counter() - t0
 
     set_single_process_env()
-    vqa_source = {"name": "vqa", "store": str(data.vqa), "task": "understanding"}
-    runs = {
-        "base": _run_config(
-            "base", out, spec, seed,
-            [vqa_source, {"name": "t2i", "store": str(data.t2i), "task": "text_to_image"}],
-            ["vqa", "t2i"], spec.base_steps, None,
-        ),
-    }  # fmt: skip
-    weights: dict[str, Path] = {}
-    t0 = time.perf_counter()
-    weights["base"] = _train(runs["base"], "train base", progress)
-    times["train base"] = time.perf_counter() - t0
-    runs["control"] = _run_config(
-        "control", out, spec, seed, [vqa_source], ["vqa"], spec.post_steps, weights["base"]
-    )
-    # An epoch of the mixer ends with the anchor's (segmentation's) last step. With the pattern
-    # vqa, seg, seg and an even number of full segmentation steps per epoch, every epoch is whole
-    # patterns, so SGT's VQA micro-batches are exactly the control's, in order.
-    block = 2 * spec.micro_batch_size
-    seg_cap = (spec.num_train // block) * block
-    if seg_cap < block:
-        raise ValueError(f"demo size {spec.name!r}: num_train must be >= {block}")
-    seg_source = {
-        "name": "seg",
-        "store": str(data.scenes),
-        "task": "segmentation",
-        "task_variant": "semantic",
-        "ratio": 2.0,
-        "max_samples": seg_cap,
-    }
-    runs["sgt"] = _run_config(
-        "sgt", out, spec, seed, [seg_source, vqa_source], ["vqa", "seg", "seg"],
-        3 * spec.post_steps, weights["base"],
-    )  # fmt: skip
+    runs = {name: _arm_config(name, out, spec, seed, base) for name in ("control", "sgt")}
+    weights: dict[str, Path] = {"base": base}
     for name in ("control", "sgt"):
         t0 = time.perf_counter()
         weights[name] = _train(runs[name], f"train {name}", progress)
@@ -275,12 +242,14 @@ def run_demo(
     summary = write_report(
         report_dir,
         reports,
-        runs={name: out / "runs" / name for name in MODEL_NAMES},
+        runs={name: out / "runs" / name for name in ("control", "sgt")},
         segmentation=segmentation,
         generated_maps=maps,
         size=spec,
         seeds=seeds,
         stage_seconds=times,
+        configs=runs,
+        base=read_provenance(base),
     )
     stage("report")(1, 1)
     times["report"] = time.perf_counter() - t0

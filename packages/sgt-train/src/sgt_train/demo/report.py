@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from sgt_eval.report import EvalReport
 
 if TYPE_CHECKING:
+    from sgt_train.config import RunConfig
     from sgt_train.demo.evaluation import SegmentationSet
     from sgt_train.demo.pipeline import DemoSize
 
@@ -255,15 +256,14 @@ def _pyplot() -> Any:
 
 
 def plot_losses(runs: Mapping[str, Path], path: Path) -> Path:
-    """Understanding CE against VQA micro-batches seen; segmentation and text-to-image MSE."""
+    """Understanding CE of the control and SGT over their runs (both see the same VQA samples
+    over a run, SGT over three times the steps), and SGT's segmentation flow MSE."""
     plt = _pyplot()
     rows = {name: _metrics_rows(d) for name, d in runs.items()}
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    base_vqa = [r["understanding/ce"] for r in rows["base"] if "understanding/ce" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     ax = axes[0]
-    ax.plot(range(1, len(base_vqa) + 1), base_vqa, color="C0", label="base")
-    # control and SGT see the same VQA micro-batches, so their lines can coincide: a solid
-    # line for the control under a dashed one with markers for SGT keeps both visible
+    # the two lines can coincide: a solid line for the control under a dashed one with markers
+    # for SGT keeps both visible
     styles = {
         "control": {"linestyle": "-", "linewidth": 2.5},
         "sgt": {
@@ -275,27 +275,29 @@ def plot_losses(runs: Mapping[str, Path], path: Path) -> Path:
         },
     }
     for i, name in enumerate(("control", "sgt"), 1):
-        ce = [r["understanding/ce"] for r in rows[name] if "understanding/ce" in r]
+        points = [(r["step"], r["understanding/ce"]) for r in rows[name] if "understanding/ce" in r]
+        if not points:
+            continue
+        last = max(step for step, _ in points)
         ax.plot(
-            range(len(base_vqa) + 1, len(base_vqa) + len(ce) + 1),
-            ce,
+            [step / last for step, _ in points],
+            [ce for _, ce in points],
             color=f"C{i}",
             label=_TITLES[name],
             **styles[name],
         )
-    ax.set(title="understanding (cross-entropy)", xlabel="VQA micro-batches seen", ylabel="loss")
+    ax.set(
+        title="understanding (cross-entropy)",
+        xlabel="share of the run (same VQA samples in both)",
+        ylabel="loss",
+    )
     ax.legend(fontsize=7)
-    for ax, (name, key, title) in zip(
-        axes[1:],
-        (("base", "text_to_image/mse", "text-to-image (flow MSE), base"),
-         ("sgt", "segmentation/mse", "segmentation (flow MSE), SGT")),
-        strict=True,
-    ):  # fmt: skip
-        points = [(r["step"], r[key]) for r in rows[name] if key in r]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, color="C0" if name == "base" else "C2")
-        ax.set(title=title, xlabel=f"{name} step", ylabel="loss")
+    ax = axes[1]
+    points = [(r["step"], r["segmentation/mse"]) for r in rows["sgt"] if "segmentation/mse" in r]
+    if points:
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, color="C2")
+    ax.set(title="segmentation (flow MSE), SGT", xlabel="SGT step", ylabel="loss")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -331,6 +333,17 @@ def plot_segmentation_grid(
     return path
 
 
+def _describe(config: RunConfig) -> str:
+    """``N steps of 32 samples, <source> : <source> = a : b within each micro-batch, lr ...``."""
+    sources = config.data.sources
+    ratios = " : ".join(f"{s.ratio:g}" for s in sources)
+    names = " : ".join(s.name for s in sources)
+    return (
+        f"{config.steps} steps of {config.micro_batch_size} samples ({names} = {ratios}, "
+        f"{config.data.mode.replace('_', ' ')}), lr {config.optimizer.lr:g}"
+    )
+
+
 def write_report(
     report_dir: Path,
     reports: Mapping[str, EvalReport],
@@ -341,6 +354,8 @@ def write_report(
     size: DemoSize,
     seeds: Mapping[str, int],
     stage_seconds: Mapping[str, float],
+    configs: Mapping[str, RunConfig],
+    base: Mapping[str, Any],
 ) -> Path:
     """Write JSON reports, figures, ``comparison.md`` (sgt-eval) and ``summary.md``; its path."""
     from sgt_eval.compare import write_comparison
@@ -363,12 +378,18 @@ def write_report(
         + ", ".join(f"{k} {v}" for k, v in seeds.items())
         + ". Tiny reference model (`ReferenceAdapterConfig(size='tiny')`), DeepSpeed ZeRO-2 on the CPU.",
         "",
-        f"- base: {size.base_steps} steps of understanding + text-to-image (1 : 1 interleave), from scratch",
-        f"- control: {size.post_steps} steps of VQA from the base",
-        f"- SGT: {3 * size.post_steps} steps of segmentation : VQA = 2 : 1 from the base: the control's "
-        "VQA micro-batches in the same order, each followed by two segmentation micro-batches",
-        f"- micro-batch {size.micro_batch_size}; held-out scenes: {size.num_eval} "
-        f"(train {size.num_train}); sampling {size.inference_steps} Euler steps, 1 image per prompt",
+        f"- base: the shipped base (`sgt_train.demo.base`, {base['what']}; rebuilt by "
+        f"`{base['command']}`), not trained here; its vision encoder's held-out presence AUC "
+        f"{base['encoder']['mean_presence_auc']}",
+        f"- control: {_describe(configs['control'])} from the base (the `sgt-mini` sweep's "
+        "`vqa-only` arm)",
+        f"- SGT: {_describe(configs['sgt'])} from the base (the sweep's `segmentation` arm): the "
+        "control's VQA samples in the same order, mixed within each micro-batch with "
+        "segmentation at segmentation : VQA = 2 : 1",
+        f"- held-out scenes: {size.num_eval} (train {size.num_train}; the base was trained on "
+        f"{base['world']['num_train']} scenes of the same world seed 0, never on held-out ones); "
+        f"sampling {size.inference_steps} Euler steps, 1 image per prompt; no model is trained "
+        "on text-to-image, so GenEval rows measure nothing here",
         "",
         "## Results (held-out scenes)",
         "",
