@@ -10,6 +10,10 @@
     nox -s demo        the end-to-end CPU demo
     nox -s demo-base   rebuild the demo's shipped base model (the sgt-mini sweep's seed-0 base)
 
+Disk: a test session's environment (torch, transformers, diffusers, DeepSpeed, Ray...) takes
+about 2 GB, and ``nox -s test`` makes six. Each is removed when its session ends, so that one at a
+time is on disk; pass ``-r``/``-R`` (reuse) or set ``SGT_KEEP_VENVS=1`` to keep them.
+
 Torch: CI and this machine use the CPU build (``torch==2.13.0`` from the local wheel folder).
 Set ``SGT_TORCH_SPEC`` to choose another build (e.g. ``SGT_TORCH_SPEC="torch"`` on a GPU host to
 take the default CUDA wheel); set it to the empty string to keep whatever the environment resolves.
@@ -17,10 +21,12 @@ take the default CUDA wheel); set it to the empty string to keep whatever the en
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nox
@@ -55,6 +61,38 @@ ENV = {
 }
 
 
+def _keep_venvs() -> bool:
+    """Whether the session environments outlive their sessions: asked for by reusing them
+    (``-r``, ``-R``, ``--reuse-existing-virtualenvs``, ``--reuse-venv=yes|always``,
+    ``--no-install``) or by ``SGT_KEEP_VENVS=1``."""
+    if os.environ.get("SGT_KEEP_VENVS", "") not in ("", "0"):
+        return True
+    flags = {"-r", "-R", "--reuse-existing-virtualenvs", "--no-install"}
+    for arg in sys.argv[1:]:
+        if arg in flags or (arg.startswith("--reuse-venv") and not arg.endswith(("=no", "=never"))):
+            return True
+    return False
+
+
+def _removes_its_venv(
+    func: Callable[..., None],
+) -> Callable[..., None]:
+    """Remove the session's environment when the session ends (passed or failed), unless
+    :func:`_keep_venvs`: six test environments of ~2 GB each must not pile up on a CI disk."""
+
+    @functools.wraps(func)
+    def wrapper(session: nox.Session, **kwargs: str) -> None:
+        try:
+            func(session, **kwargs)
+        finally:
+            location = getattr(session.virtualenv, "location", None)
+            if location and not _keep_venvs() and Path(location).is_dir():
+                shutil.rmtree(location, ignore_errors=True)
+                session.log(f"removed {location} (set SGT_KEEP_VENVS=1 or pass -r to keep it)")
+
+    return wrapper
+
+
 def _pkg(dist: str) -> str:
     return str(ROOT / "packages" / dist)
 
@@ -82,6 +120,7 @@ def _closure(dist: str) -> list[str]:
 
 @nox.session(python=PYTHON)
 @nox.parametrize("package", [*PACKAGES, "integration"])
+@_removes_its_venv
 def test(session: nox.Session, package: str) -> None:
     """Test one package in an environment holding only its declared dependencies (and test group)."""
     session.env.update(ENV)
@@ -102,6 +141,7 @@ def test(session: nox.Session, package: str) -> None:
 
 
 @nox.session(python=PYTHON)
+@_removes_its_venv
 def test_lmms_eval(session: nox.Session) -> None:
     """sgt-eval's lmms-eval plugin against the real lmms-eval 0.7.3 (run by ``nox -s test``)."""
     session.env.update(ENV)
