@@ -239,3 +239,127 @@ def test_edge_world_without_opencv_is_one_line_before_anything_is_built(
         "installed: pip install 'sgt-data[edge]' (or set world.edge: false and drop the edge arms)"
     ]
     assert not (tmp_path / "out" / "stores").exists()
+
+
+def test_a_claim_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
+    """A unit's claim is held by one process; killing that process (SIGKILL, no clean-up) frees
+    it, so a crashed worker never leaves a run that nobody may take."""
+    from sgt_train.sweep import _claim, claim_holder
+
+    path = tmp_path / "runs" / "s0" / "arm" / ".claim"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from sgt_train.sweep import _claim; "
+         f"c = _claim(Path({str(path)!r})); print('held' if c else 'free', flush=True); "
+         "time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert _claim(path) is None
+        assert claim_holder(path) == f"process {holder.pid} on {os.uname().nodename}"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert claim_holder(path) is None
+    mine = _claim(path)
+    assert mine is not None
+    mine.release()
+
+
+def test_two_workers_share_the_runs_and_wait_for_the_pretrain(tmp_path: Path) -> None:
+    """``--workers 2``: the seed's pretrain is trained once, both arms wait for it, then each
+    arm is trained and evaluated exactly once, the two by different processes, and the report
+    holds both, as the serial sweep's would."""
+    path = _sweep_file(tmp_path)
+    sweep = yaml.safe_load(path.read_text(encoding="utf-8"))
+    sweep["pretrain"] = ["steps=2", "checkpoint.every=2"]
+    sweep["arms"][1]["set"] = [s for s in sweep["arms"][1]["set"] if not s.startswith("steps=")]
+    sweep["arms"][1]["set"].append("steps=6")
+    # the first arm outlasts the other worker's 1-s poll, so the second arm goes to that worker
+    sweep["arms"][0]["set"] = ["steps=20", "checkpoint.every=20"]
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "sgt_train.sweep", str(path), "--workers", "2"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 workers" in done.stderr
+    assert "[worker 1]" in done.stderr
+    out = tmp_path / "out"
+    events = _events(out)
+    trains = [e for e in events if e["event"] == "train"]
+    assert sorted(e["unit"] for e in trains) == ["_pretrain/s0", "seg/s0", "vqa/s0"]
+    dones = {e["unit"]: e for e in events if e["event"] == "done"}
+    assert set(dones) == {"seg/s0", "vqa/s0"}
+    assert dones["seg/s0"]["pid"] != dones["vqa/s0"]["pid"]  # spread over both workers
+    pretrained = next(e for e in events if e["event"] == "trained" and e["unit"] == "_pretrain/s0")
+    assert all(e["time"] >= pretrained["time"] for e in trains if e["unit"] != "_pretrain/s0")
+    assert "waiting for" in done.stderr  # the worker that did not get the pretrain waited
+
+    report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
+    assert report["missing"] == []
+    from sgt_eval.report import EvalReport
+
+    for arm in ("vqa", "seg"):
+        run = EvalReport.read(out / "runs" / "s0" / arm / "report.json")
+        expected = {
+            f"{r.benchmark}/{r.split}/{m}": v for r in run.results for m, v in r.metrics.items()
+        }
+        got = report["runs"][arm]["0"]
+        assert {k: v for k, v in got.items() if k != "perception"} == expected
+    again = run_sweep(path)  # nothing left: the serial command only rewrites the same report
+    assert (again.trained, again.evaluated) == ([], [])
+    assert json.loads(again.report.model_dump_json()) == report
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--devices", "0,x"], "--devices 0,x: expected GPU indices"),
+        (["--workers", "0"], "--workers 0: expected 1 or more"),
+        (["--arms", "vqa,nope"], "--arms: no arm(s) ['nope']; known: vqa, seg"),
+        (["--arms", "nope", "--workers", "2"], "--arms: no arm(s) ['nope']; known: vqa, seg"),
+    ],
+)
+def test_bad_worker_options_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    from sgt_train.sweep import main
+
+    assert main([str(_sweep_file(tmp_path)), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert expected in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_selected_arms_keep_their_tables_rows_and_comparisons() -> None:
+    """``--arms``: the ratio study of the shipped sgt-mini alone; the tables keep only selected
+    rows, and no arm is compared with an arm that was left out."""
+    sweep = load_sweep("sgt-mini")
+    chosen = ["vqa-only", "seg-1to2", "seg-1to1", "segmentation", "seg-4to1"]
+    part = sweep.select_arms(chosen)
+    in_file_order = [a.name for a in sweep.arms if a.name in chosen]
+    assert [a.name for a in part.arms] == in_file_order
+    assert len(part.tables) == len(sweep.tables)  # every table has a selected arm
+    for table in part.tables:
+        assert table.arms
+        assert set(table.arms) <= set(chosen)
+    only_seg = sweep.select_arms(["edge"])
+    assert [t.arms for t in only_seg.tables] == [["edge"]]
+    assert only_seg.comparisons() == []  # its baseline (vqa-only) was left out
+    ratio = next(t for t in part.tables if t.title.startswith("Ratio"))
+    assert ratio.arms == chosen
+    pairs = part.comparisons()
+    assert pairs
+    assert all(a in chosen and b in chosen for a, b in pairs)
+    assert ("segmentation", "vqa-only") in pairs
+    assert [u.arm for u in plan_runs(part) if u.seed == 0] == ["_pretrain", *in_file_order]
+    assert sweep.arms != part.arms  # the loaded sweep itself is unchanged

@@ -1,5 +1,6 @@
 """``sgt-train sweep SWEEP.yaml``: a grid of run configs (arms) x seeds on the scene world, run one
-after another in this process, resumable, collected into one comparison report.
+after another or spread over worker processes (one per GPU), resumable, collected into one
+comparison report.
 
 A sweep file names a base run config (a recipe or YAML path plus ``a.b=c`` overrides), the arms
 (each a list of stages of overrides; a stage after the first starts from the previous stage's
@@ -19,23 +20,33 @@ retrained; a half-trained stage resumes from its newest checkpoint through sgt-t
 resume. Markers are written atomically (a temporary file renamed over the target) after the
 artefact they vouch for.
 
-TODO: ``--runs-per-gpu`` / spreading runs over the GPUs of a node (each run in its own process,
-``CUDA_VISIBLE_DEVICES`` per worker); today every run is trained in this process, one after another.
+Workers: every process running the same sweep file takes the next (arm, seed) nobody has taken:
+it holds an exclusive POSIX lock (``fcntl.lockf``) on the unit's ``.claim`` file while it trains
+and evaluates it, so the kernel releases the claim when the process ends, killed or not, and no
+stale claim outlives a crash. A unit whose seed's pretrain stage is not finished waits for it.
+``sgt-train sweep FILE --workers N [--devices 0,1,...]`` starts N such workers (each with its own
+``CUDA_VISIBLE_DEVICES``, or on a CPU its share of the cores) and writes the report when they end;
+starting the same command on several nodes that share the output folder does the same across a
+cluster (POSIX locks work over NFSv4). Each worker writes the report when nothing is left for it;
+the report lists runs in plan order, whoever ran them, so it does not depend on the schedule.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import importlib.util
 import io
 import json
 import logging
 import os
 import re
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -194,6 +205,8 @@ class EvaluationSpec(_Strict):
     batch_size: int = Field(default=8, ge=1)
     max_new_tokens: int = Field(default=8, ge=1)
     inference_steps: int = Field(default=16, ge=1)
+    #: where the evaluated model runs: 'auto' is the worker's GPU when it has one, else the CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     #: name -> metric keys ('benchmark/split/metric'); a run's aggregate is their mean
     aggregates: dict[str, list[str]] = Field(default_factory=dict)
 
@@ -263,6 +276,39 @@ class SweepFile(_Strict):
         if self.pretrain is None and any(not a.stage_list() for a in self.arms):
             raise ValueError("an arm without stages evaluates the pretrain stage: add pretrain")
         return self
+
+    def select_arms(self, names: Sequence[str]) -> SweepFile:
+        """The same sweep restricted to the arms ``names`` (same output folder, so the full sweep
+        later reuses these runs): tables keep their selected rows, comparisons their pairs of
+        selected arms. ``SweepError`` for a name the sweep does not have."""
+        known = [a.name for a in self.arms]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise SweepError(
+                f"--arms: no arm(s) {unknown or list(names)}; known: {', '.join(known)}"
+            )
+        arms = [a for a in self.arms if a.name in names]
+        keep = {a.name for a in arms}
+        baseline = self.baseline or self.arms[0].name
+        # an arm compared with an arm left out is compared with nothing (not silently with another)
+        pruned = [
+            a.model_copy(update={"compare_to": a.name})
+            if (a.compare_to or baseline) not in keep
+            else a
+            for a in arms
+        ]
+        tables = [
+            t.model_copy(update={"arms": [a for a in t.arms if a in keep]})
+            for t in self.tables
+            if any(a in keep for a in t.arms)
+        ]
+        return self.model_copy(
+            update={
+                "arms": pruned,
+                "tables": tables,
+                "baseline": baseline if baseline in keep else None,
+            }
+        )
 
     def comparisons(self) -> list[tuple[str, str]]:
         """(arm, against) pairs: each arm against its ``compare_to`` or the baseline."""
@@ -416,7 +462,7 @@ def _stage_config(
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: workers may write at once
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -446,14 +492,69 @@ class _Events:
         self.path = path
 
     def log(self, event: str, unit: str, **fields: Any) -> None:
-        record = {"event": event, "unit": unit, "time": time.time(), **fields}
+        record = {"event": event, "unit": unit, "time": time.time(), "pid": os.getpid(), **fields}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
 
+class _Claim:
+    """An exclusive claim on a file, held while the object lives (``release`` or process end)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
+
+
+def _claim(path: Path, *, wait: bool = False) -> _Claim | None:
+    """Take the POSIX lock on ``path`` (created if missing); None when another process holds it
+    and ``wait`` is False. The file records who holds it (pid, host), for people, not for locking."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+    return _Claim(path, fd)
+
+
+def claim_holder(path: Path) -> str | None:
+    """``process PID on HOST`` of the process holding the claim at ``path``, or None when nobody holds it."""
+    if not path.is_file():
+        return None
+    held = _claim(path)
+    if held is not None:
+        held.release()
+        return None
+    return path.read_text(encoding="utf-8").strip() or "another process"
+
+
+@contextlib.contextmanager
+def _claimed(path: Path) -> Iterator[None]:
+    """Hold the claim at ``path`` for the ``with`` block, waiting for it if it is taken."""
+    held = _claim(path, wait=True)
+    assert held is not None
+    try:
+        yield
+    finally:
+        held.release()
+
+
 def _build_world(sweep: SweepFile, out: Path, source: str | Path) -> DemoStores:
+    """The world and its stores, built by one worker while the others wait for it."""
+    with _claimed(out / ".world.claim"):
+        return _open_or_build_world(sweep, out, source)
+
+
+def _open_or_build_world(sweep: SweepFile, out: Path, source: str | Path) -> DemoStores:
     """Build the world and its stores once; later calls reopen them (``stores.done``).
     ``source``: the sweep file, named in errors."""
     import dataclasses
@@ -542,7 +643,12 @@ def _evaluate(
         seed=unit.seed, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
         num_inference_steps=ev.inference_steps,
     )  # fmt: skip
-    adapter = cast("UnifiedModelAdapter", load_adapter(weights).eval())
+    import torch
+
+    device = ev.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    adapter = cast("UnifiedModelAdapter", load_adapter(weights, device=device).eval())
     results, _maps = evaluate_model(
         adapter, vqa, prompts, segmentation, settings,
         geneval_dir=unit.folder(out) / "geneval",
@@ -613,6 +719,23 @@ def _vision_pretrain(
     unit's seed starts from (``runs/s<v>/_vision/model``, ``v`` the spec's seed or, without one,
     the run seed), trained unless that marker exists; built from the pretrain stage's model
     config, weights drawn with seed ``v``."""
+    spec = sweep.vision_pretrain
+    assert spec is not None
+    seed = unit.seed if spec.seed is None else spec.seed
+    folder = out / "runs" / f"s{seed}" / "_vision"
+    with _claimed(folder / ".claim"):  # one encoder may be shared by every seed's pretrain
+        return _train_vision(sweep, unit, out, events, progress, seed, folder)
+
+
+def _train_vision(
+    sweep: SweepFile,
+    unit: RunUnit,
+    out: Path,
+    events: _Events,
+    progress: SweepProgress | None,
+    seed: int,
+    folder: Path,
+) -> dict[str, Any]:
     import torch
 
     from sgt_data.scenes import SCENE_CLASSES
@@ -621,8 +744,6 @@ def _vision_pretrain(
 
     spec = sweep.vision_pretrain
     assert spec is not None
-    seed = unit.seed if spec.seed is None else spec.seed
-    folder = out / "runs" / f"s{seed}" / "_vision"
     marker = folder / "vision.done"
     if marker.is_file():
         record: dict[str, Any] = json.loads(marker.read_text(encoding="utf-8"))
@@ -702,81 +823,155 @@ def _metrics_of(report: EvalReport, aggregates: Mapping[str, Sequence[str]]) -> 
     return values
 
 
+def _pretrain_export(sweep: SweepFile, seed: int, out: Path) -> Path | None:
+    """The seed's finished pretrain export (its last stage's ``stage.done``), or None."""
+    if sweep.pretrain is None:
+        return None
+    marker = out / "runs" / f"s{seed}" / "_pretrain" / "pretrain" / "stage.done"
+    if not marker.is_file():
+        return None
+    return Path(json.loads(marker.read_text(encoding="utf-8"))["export"])
+
+
+def _unit_done(sweep: SweepFile, unit: RunUnit, out: Path) -> bool:
+    if unit.arm == "_pretrain":
+        return _pretrain_export(sweep, unit.seed, out) is not None
+    return (unit.folder(out) / "done.json").is_file()
+
+
 def run_sweep(
-    path: str | Path, *, progress: SweepProgress | None = None, stop_after: int | None = None
+    path: str | Path,
+    *,
+    progress: SweepProgress | None = None,
+    stop_after: int | None = None,
+    poll_seconds: float = 1.0,
+    arms: Sequence[str] | None = None,
 ) -> SweepResult:
     """Run (or continue) every (arm, seed) of the sweep file at ``path``; write the report.
 
-    ``stop_after``: stop after this many newly finished runs (for tests of resuming).
+    Units are taken in plan order; one that another process has claimed, or whose seed's
+    pretrain stage is still being trained elsewhere, is left to it, and this process waits
+    (polling every ``poll_seconds``) until every unit is done. ``stop_after``: stop after this
+    many newly finished runs (0: only write the report of what is done). ``arms``: run and
+    report only these arms (``SweepFile.select_arms``).
     """
     from sgt_eval.report import EvalReport
     from sgt_train.launch import set_single_process_env
 
     t_start = time.perf_counter()
     sweep = load_sweep(path)
+    if arms is not None:
+        sweep = sweep.select_arms(arms)
     out = Path(sweep.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "sweep.json", sweep.model_dump_json(indent=2) + "\n")
+    _write_atomic(out / "sweep.json", load_sweep(path).model_dump_json(indent=2) + "\n")
     events = _Events(out / "events.jsonl")
     if len(sweep.seeds) < 3:
         _log.warning("%s: %d seed(s): intervals need at least 3", path, len(sweep.seeds))
     stores = _build_world(sweep, out, path)
     set_single_process_env()
-    pretrain_exports: dict[int, Path] = {}
-    vision_notes: dict[int, dict[str, Any]] = {}
-    trained, evaluated, skipped = [], [], []
+    plan = plan_runs(sweep)
+    trained: list[str] = []
+    evaluated: list[str] = []
+    skipped = [
+        f"{u.arm}/s{u.seed}" for u in plan if u.arm != "_pretrain" and _unit_done(sweep, u, out)
+    ]
+    for key in skipped:
+        if progress is not None:
+            progress("skip", key, "done")
+    finished_now = 0
+    waiting_on: dict[str, str] = {}
+    last_wait = ""
+
+    def next_unit() -> tuple[RunUnit, _Claim] | None:
+        """The first unit that is not done, not claimed, and ready, claimed; None if none."""
+        for unit in plan:
+            if _unit_done(sweep, unit, out):
+                continue
+            key = f"{unit.arm}/s{unit.seed}"
+            if unit.from_pretrain and _pretrain_export(sweep, unit.seed, out) is None:
+                waiting_on[key] = f"the pretrain of seed {unit.seed}"
+                continue
+            claim = _claim(unit.folder(out) / ".claim")
+            if claim is None:
+                waiting_on[key] = claim_holder(unit.folder(out) / ".claim") or "another process"
+                continue
+            if _unit_done(sweep, unit, out):  # finished between the check and the claim
+                claim.release()
+                continue
+            return unit, claim
+        return None
+
+    while stop_after is None or finished_now < stop_after:
+        waiting_on.clear()
+        taken = next_unit()
+        if taken is None:
+            if not waiting_on:
+                break  # every unit is done
+            unit_key, holder = next(iter(waiting_on.items()))
+            message = f"{len(waiting_on)} unit(s) left, waiting for {holder}"
+            if progress is not None and message != last_wait:
+                progress("wait", unit_key, message)
+            last_wait = message
+            time.sleep(poll_seconds)
+            continue
+        unit, claim = taken
+        key = f"{unit.arm}/s{unit.seed}"
+        try:
+            if unit.arm == "_pretrain":
+                vision = None
+                if sweep.vision_pretrain is not None:
+                    record = _vision_pretrain(sweep, unit, out, events, progress)
+                    vision = Path(record["export"])
+                _export, new = _run_unit(sweep, unit, out, stores, events, vision, progress)
+                trained += new
+                continue
+            start = _pretrain_export(sweep, unit.seed, out) if unit.from_pretrain else None
+            export, new = _run_unit(sweep, unit, out, stores, events, start, progress)
+            trained += new
+            assert export is not None  # an arm without stages starts from the pretrain export
+            if progress is not None:
+                progress("evaluate", key, str(export))
+            events.log("evaluate", key)
+            folder = unit.folder(out)
+            report = _evaluate(sweep, unit, export, stores, out)
+            report.write(folder / "report.json")
+            done = {"report": str(folder / "report.json"), "export": str(export)}
+            _write_atomic(folder / "done.json", json.dumps(done) + "\n")
+            events.log("done", key)
+            evaluated.append(key)
+            finished_now += 1
+            if progress is not None:
+                progress("done", key, str(folder / "report.json"))
+        finally:
+            claim.release()
+
+    # the report: every finished run, in plan order (whichever process ran it)
     runs: dict[str, dict[int, dict[str, float]]] = {}
     headline: list[str] = []
-    finished_now = 0
-
-    def collect(unit: RunUnit, report: EvalReport) -> None:
+    vision_notes: dict[int, dict[str, Any]] = {}
+    for unit in plan:
+        if unit.arm == "_pretrain":
+            if sweep.vision_pretrain is not None:
+                v = unit.seed if sweep.vision_pretrain.seed is None else sweep.vision_pretrain.seed
+                marker = out / "runs" / f"s{v}" / "_vision" / "vision.done"
+                if marker.is_file():
+                    vision_notes[unit.seed] = json.loads(marker.read_text(encoding="utf-8"))
+            continue
+        if not _unit_done(sweep, unit, out):
+            continue
+        report = EvalReport.read(unit.folder(out) / "report.json")
         runs.setdefault(unit.arm, {})[unit.seed] = _metrics_of(report, sweep.evaluation.aggregates)
         for r in report.results:
-            key = f"{r.benchmark}/{r.split}/{r.primary_metric}"
-            headline.extend([key] if key not in headline else [])
-
-    for unit in plan_runs(sweep):
-        key = f"{unit.arm}/s{unit.seed}"
-        folder = unit.folder(out)
-        done, report_file = folder / "done.json", folder / "report.json"
-        if unit.arm == "_pretrain":
-            vision = None
-            if sweep.vision_pretrain is not None:
-                vision_notes[unit.seed] = _vision_pretrain(sweep, unit, out, events, progress)
-                vision = Path(vision_notes[unit.seed]["export"])
-            export, new = _run_unit(sweep, unit, out, stores, events, vision, progress)
-            assert export is not None
-            pretrain_exports[unit.seed] = export
-            trained += new
-            continue
-        if done.is_file():
-            skipped.append(key)
-            if progress is not None:
-                progress("skip", key, "done")
-            collect(unit, EvalReport.read(report_file))
-            continue
-        if stop_after is not None and finished_now >= stop_after:
-            break
-        start = pretrain_exports.get(unit.seed) if unit.from_pretrain else None
-        export, new = _run_unit(sweep, unit, out, stores, events, start, progress)
-        trained += new
-        assert export is not None  # an arm without stages starts from the pretrain export
-        if progress is not None:
-            progress("evaluate", key, str(export))
-        events.log("evaluate", key)
-        report = _evaluate(sweep, unit, export, stores, out)
-        report.write(report_file)
-        _write_atomic(done, json.dumps({"report": str(report_file), "export": str(export)}) + "\n")
-        events.log("done", key)
-        evaluated.append(key)
-        finished_now += 1
-        if progress is not None:
-            progress("done", key, str(report_file))
-        collect(unit, report)
+            metric = f"{r.benchmark}/{r.split}/{r.primary_metric}"
+            headline.extend([metric] if metric not in headline else [])
     report_dir = out / "report"
     headline += [a for a in sweep.evaluation.aggregates if a not in headline]
-    notes = [_vision_note(sweep.vision_pretrain, vision_notes)] if sweep.vision_pretrain else []
-    sweep_report = write_sweep_report(sweep, str(path), runs, report_dir, headline, notes)
+    notes = []
+    if sweep.vision_pretrain is not None and vision_notes:
+        notes.append(_vision_note(sweep.vision_pretrain, vision_notes))
+    with _claimed(out / ".report.claim"):  # workers ending together write one at a time
+        sweep_report = write_sweep_report(sweep, str(path), runs, report_dir, headline, notes)
     return SweepResult(
         out, sweep_report, report_dir, trained, evaluated, skipped, time.perf_counter() - t_start
     )
@@ -812,40 +1007,137 @@ def add_sweep_command(subparsers: Any) -> None:
     """Register ``sweep`` on the ``sgt-train`` subcommand parsers."""
     sweep = subparsers.add_parser(
         "sweep",
-        help="run a grid of run configs x seeds (resumable) and write one comparison report",
-        description="Train and evaluate every (arm, seed) of a sweep file one after another, "
-        "skipping finished runs, then write OUT/report/report.{json,md} and plots: per arm the "
-        "mean over seeds with a 95% Student-t interval and paired comparisons between arms.",
+        help="run a grid of run configs x seeds (resumable, spread over workers) and write one "
+        "comparison report",
+        description="Train and evaluate every (arm, seed) of a sweep file, skipping finished "
+        "runs, then write OUT/report/report.{json,md} and plots: per arm the mean over seeds "
+        "with a 95% Student-t interval and paired comparisons between arms. Several processes "
+        "running the same file share the work (each run is claimed by one of them).",
         allow_abbrev=False,
     )
     sweep.add_argument("sweep_file", help="sweep YAML, or a shipped sweep name (e.g. sgt-mini)")
+    sweep.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="start N worker processes that share the runs (default: 1, or one per --devices "
+        "entry); on a CPU each gets its share of the cores",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--devices", default=None, metavar="LIST",
+        help="GPUs for the workers, e.g. 0,1,2,3 (worker i gets CUDA_VISIBLE_DEVICES=LIST[i mod "
+        "len]); 'all' for every visible GPU",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--arms", default=None, metavar="A,B,...",
+        help="run and report only these arms (the same output folder: the full sweep later "
+        "skips them)",
+    )  # fmt: skip
     sweep.add_argument("--verbose", action="store_true", help="log at INFO level")
     sweep.set_defaults(func=cmd_sweep)
 
 
+def _arms(args: argparse.Namespace) -> list[str] | None:
+    spec = getattr(args, "arms", None)
+    return None if spec is None else [a.strip() for a in spec.split(",") if a.strip()]
+
+
+def _devices(spec: str | None) -> list[str]:
+    if spec is None:
+        return []
+    if spec == "all":
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    bad = [d for d in devices if not d.isdigit()]
+    if bad or not devices:
+        raise SweepError(f"--devices {spec}: expected GPU indices such as 0,1,2,3 or 'all'")
+    return devices
+
+
+def _worker_env(index: int, workers: int, devices: Sequence[str]) -> dict[str, str]:
+    """Worker ``index``'s environment: its GPU, or its share of the cores; no launcher variables
+    (each worker is a one-process run with its own rendezvous port)."""
+    env = dict(os.environ)
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    env["SGT_SWEEP_WORKER"] = str(index)
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
+    elif "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // workers))
+    return env
+
+
+def _run_workers(args: argparse.Namespace, workers: int, devices: Sequence[str]) -> int:
+    """Start the workers, wait for them, then write the report of what they finished."""
+    procs = []
+    for i in range(workers):
+        command = [sys.executable, "-m", "sgt_train.sweep", args.sweep_file]
+        command += ["--verbose"] if getattr(args, "verbose", False) else []
+        command += ["--arms", args.arms] if getattr(args, "arms", None) else []
+        procs.append(subprocess.Popen(command, env=_worker_env(i, workers, devices)))
+    where = f" on GPUs {','.join(devices)}" if devices else ""
+    print(f"sgt-train sweep: {workers} workers{where}", file=sys.stderr, flush=True)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if failed:
+        which = ", ".join(f"worker {i} (exit {c})" for i, c in failed)
+        print(
+            f"sgt-train sweep: {which} failed; its run is unclaimed again: "
+            f"`sgt-train sweep {args.sweep_file}` continues it",
+            file=sys.stderr,
+        )
+        return 1
+    result = run_sweep(args.sweep_file, stop_after=0, arms=_arms(args))  # only the report
+    missing = f", missing {len(result.report.missing)}" if result.report.missing else ""
+    print(f"sgt-train sweep: report {result.report_dir / 'report.md'}{missing}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``sgt-train sweep``: exit 0, 2 for a bad sweep file, 130 on Ctrl-C."""
+    """``sgt-train sweep``: exit 0, 1 if a worker failed, 2 for a bad sweep file or option, 130
+    on Ctrl-C."""
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    worker = os.environ.get("SGT_SWEEP_WORKER")
+    prefix = "sgt-train sweep" if worker is None else f"sgt-train sweep [worker {worker}]"
 
     def show(event: str, unit: str, detail: str) -> None:
-        print(f"sgt-train sweep: {event} {unit} {detail}", file=sys.stderr, flush=True)
+        print(f"{prefix}: {event} {unit} {detail}", file=sys.stderr, flush=True)
 
     try:
-        result = run_sweep(args.sweep_file, progress=show)
+        devices = _devices(getattr(args, "devices", None))
+        asked = getattr(args, "workers", None)
+        workers = asked if asked is not None else max(1, len(devices))
+        if workers < 1:
+            raise SweepError(f"--workers {workers}: expected 1 or more")
+        if workers > 1 or devices:
+            sweep = load_sweep(args.sweep_file)  # a bad file is one line here, not per worker
+            if _arms(args) is not None:
+                sweep.select_arms(_arms(args) or [])
+            return _run_workers(args, workers, devices)
+        result = run_sweep(args.sweep_file, progress=show, arms=_arms(args))
     except SweepError as exc:
-        print(f"sgt-train sweep: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(
-            f"sgt-train sweep: interrupted; `sgt-train sweep {args.sweep_file}` continues where "
+            f"{prefix}: interrupted; `sgt-train sweep {args.sweep_file}` continues where "
             "it stopped (finished runs are not repeated)",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     missing = f", missing {len(result.report.missing)}" if result.report.missing else ""
     print(
-        f"sgt-train sweep: {len(result.evaluated)} run(s) finished now, {len(result.skipped)} "
+        f"{prefix}: {len(result.evaluated)} run(s) finished now, {len(result.skipped)} "
         f"already done{missing}; report {result.report_dir / 'report.md'} "
         f"({result.seconds:.0f} s)"
     )
