@@ -296,6 +296,7 @@ def test_two_workers_share_the_runs_and_wait_for_the_pretrain(tmp_path: Path) ->
     events = _events(out)
     trains = [e for e in events if e["event"] == "train"]
     assert sorted(e["unit"] for e in trains) == ["_pretrain/s0", "seg/s0", "vqa/s0"]
+    assert {e["threads"] for e in trains} == {1}  # OMP_NUM_THREADS=1 reached the workers
     dones = {e["unit"]: e for e in events if e["event"] == "done"}
     assert set(dones) == {"seg/s0", "vqa/s0"}
     assert dones["seg/s0"]["pid"] != dones["vqa/s0"]["pid"]  # spread over both workers
@@ -363,3 +364,23 @@ def test_selected_arms_keep_their_tables_rows_and_comparisons() -> None:
     assert ("segmentation", "vqa-only") in pairs
     assert [u.arm for u in plan_runs(part) if u.seed == 0] == ["_pretrain", *in_file_order]
     assert sweep.arms != part.arms  # the loaded sweep itself is unchanged
+
+
+def test_worker_environments_split_the_cores_or_take_one_gpu_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sgt_train.sweep import _worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for var, value in (("RANK", "3"), ("WORLD_SIZE", "8"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    cpu = [_worker_env(i, 4, []) for i in range(4)]
+    assert [e["OMP_NUM_THREADS"] for e in cpu] == ["4"] * 4
+    assert [e["SGT_SWEEP_WORKER"] for e in cpu] == ["0", "1", "2", "3"]
+    assert all("RANK" not in e and "WORLD_SIZE" not in e and "MASTER_PORT" not in e for e in cpu)
+    gpu = [_worker_env(i, 3, ["4", "5"]) for i in range(3)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in gpu] == ["4", "5", "4"]
+    assert all("OMP_NUM_THREADS" not in e for e in gpu)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert _worker_env(0, 4, [])["OMP_NUM_THREADS"] == "2"  # the user's setting wins

@@ -460,6 +460,12 @@ def _stage_config(
 # -- running ----------------------------------------------------------------------------------
 
 
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: workers may write at once
@@ -680,7 +686,8 @@ def _run_unit(
             continue
         if progress is not None:
             progress("train", key, stage.name)
-        events.log("train", key, stage=stage.name)
+        # the thread count changes float summation order, so it is part of what a run was
+        events.log("train", key, stage=stage.name, threads=_threads())
         t0 = time.perf_counter()
 
         def started(start: int, total: int, stage_name: str = stage.name) -> None:
