@@ -27,8 +27,10 @@ stale claim outlives a crash. A unit whose seed's pretrain stage is not finished
 ``sgt-train sweep FILE --workers N [--devices 0,1,...]`` starts N such workers (each with its own
 ``CUDA_VISIBLE_DEVICES``, or on a CPU its share of the cores) and writes the report when they end;
 starting the same command on several nodes that share the output folder does the same across a
-cluster (POSIX locks work over NFSv4). Each worker writes the report when nothing is left for it;
-the report lists runs in plan order, whoever ran them, so it does not depend on the schedule.
+cluster, where the shared file system honours POSIX locks (local disks, NFSv4 and Lustre do;
+some FUSE mounts do not, and there two workers could take one run). Each worker writes the
+report when nothing is left for it; the report lists runs in plan order, whoever ran them, so it
+does not depend on the schedule.
 """
 
 from __future__ import annotations
