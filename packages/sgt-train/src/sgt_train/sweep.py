@@ -491,7 +491,8 @@ class SweepResult:
     seconds: float
 
 
-#: ``progress(event, unit, detail)``: events 'skip', 'train', 'evaluate', 'done'
+#: ``progress(event, unit, detail)``: events 'skip' (once, for every finished run), 'train',
+#: 'evaluate', 'done', 'wait'
 SweepProgress = Callable[[str, str, str], None]
 
 
@@ -885,9 +886,11 @@ def run_sweep(
     skipped = [
         f"{u.arm}/s{u.seed}" for u in plan if u.arm != "_pretrain" and _unit_done(sweep, u, out)
     ]
-    for key in skipped:
-        if progress is not None:
-            progress("skip", key, "done")
+    if skipped and progress is not None:  # one line, not one per finished run
+        shown = ", ".join(skipped[:4]) + (
+            f" and {len(skipped) - 4} more" if len(skipped) > 4 else ""
+        )
+        progress("skip", f"{len(skipped)} finished run(s):", shown)
     finished_now = 0
     waiting_on: dict[str, str] = {}
     last_wait = ""
